@@ -1,0 +1,37 @@
+"""The protocol every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A requested layer: `folder` is the name as written in the config (the output folder),
+    `name` the canonical layer the backend computes, `pooling` how steps are reduced ('n/a' for vectors)."""
+
+    folder: str
+    name: str
+    pooling: str = "n/a"
+
+
+class Extractor(Protocol):
+    """Built once per model; `prepare` runs off the main thread, `forward` gives every layer in one pass."""
+
+    layers: tuple[Layer, ...]
+
+    def prepare(self, payloads: Sequence[Any]) -> Any:
+        """Turn raw payloads (texts, decoded images...) into a model-ready batch; thread/process safe."""
+
+    def forward(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
+        """Return, per layer folder, one float32 array per record with the feature's own shape."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the manifest: model id, where it was loaded from, revision or file hashes, preprocessing."""
+
+    def sort_key(self, payload: Any) -> int:
+        """A cheap size of a payload; batches are formed from payloads of similar size."""

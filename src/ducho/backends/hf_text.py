@@ -1,0 +1,150 @@
+"""Transformers text backend: any AutoModel (or the task variant the user names) from a hub id or a folder."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config.schema import ModelSpec
+from ..device import autocast
+from ..errors import ConfigError, bad_value
+from ..model_store import locate
+from .base import Layer
+from .pooling import pool, to_numpy
+from .text_common import count_truncated, token_limit
+
+log = logging.getLogger("ducho")
+
+TOKEN_LAYERS = ("last_hidden_state",)
+VECTOR_LAYERS = ("pooler_output", "logits")
+HIDDEN = re.compile(r"^hidden_states\.(-?\d+)$")
+DEFAULT_LAYER = "last_hidden_state"
+DEFAULT_POOLING = "mean"
+
+
+def model_class(task: str | None) -> Any:
+    """The Auto class for `task`: a pipeline task name ('sentiment-analysis'), an Auto class name, or AutoModel."""
+    import transformers
+    from transformers.pipelines import SUPPORTED_TASKS, TASK_ALIASES
+
+    if task is None or task == "feature-extraction":
+        return transformers.AutoModel
+    if task.startswith("Auto") and hasattr(transformers, task):
+        return getattr(transformers, task)
+    name = TASK_ALIASES.get(task, task)
+    if name in SUPPORTED_TASKS and SUPPORTED_TASKS[name].get("pt"):
+        return SUPPORTED_TASKS[name]["pt"][0]
+    accepted = sorted(set(SUPPORTED_TASKS) | set(TASK_ALIASES))
+    raise bad_value("task", task, accepted + ["AutoModel...class name"])
+
+
+def parse_layers(spec: ModelSpec, num_hidden: int | None) -> tuple[Layer, ...]:
+    """Resolve the config's layer names; a bare integer is the 1.0 spelling for the pooled output."""
+    pooling = spec.pooling or DEFAULT_POOLING
+    layers = []
+    for folder in spec.output_layers or [DEFAULT_LAYER]:
+        match = HIDDEN.match(folder)
+        if folder.lstrip("-").isdigit():
+            log.info("output_layers %s (1.0 layer index) -> pooler_output", folder)
+            layers.append(Layer(folder, "pooler_output"))
+        elif match:
+            index = int(match.group(1))
+            if num_hidden is not None and not -num_hidden <= index < num_hidden:
+                raise ConfigError(f"output_layers: {folder!r} is out of range; the model has {num_hidden} "
+                                  f"hidden states (hidden_states.0 .. hidden_states.{num_hidden - 1}, or negative)")
+            layers.append(Layer(folder, folder, pooling))
+        elif folder in TOKEN_LAYERS:
+            layers.append(Layer(folder, folder, pooling))
+        elif folder in VECTOR_LAYERS:
+            layers.append(Layer(folder, folder))
+        else:
+            raise bad_value("output_layers", folder, [*TOKEN_LAYERS, *VECTOR_LAYERS, "hidden_states.N", "N (1.0)"],
+                            what="layer")
+    return tuple(layers)
+
+
+class TransformersText:
+    """A Hugging Face text model; one forward gives every requested layer."""
+
+    def __init__(self, spec: ModelSpec, device: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.spec = spec
+        self.device = device
+        self.location = locate(spec.model_name, spec.revision)
+        self.tokenizer_location = locate(spec.tokenizer_name) if spec.tokenizer_name else self.location
+        trust = spec.trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location.target, trust_remote_code=trust,
+                                                       revision=self.tokenizer_location.revision)
+        self.model = model_class(spec.task).from_pretrained(self.location.target, trust_remote_code=trust,
+                                                             revision=self.location.revision)
+        self.model.eval().to(device)
+        self.base = self.model.base_model
+        num_hidden = getattr(self.model.config, "num_hidden_layers", None)
+        self.layers = parse_layers(spec, num_hidden + 1 if num_hidden is not None else None)
+        self.limit = token_limit(self.tokenizer, self.model.config, spec.max_length)
+        self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
+        self.truncated = 0
+        self._check_outputs()
+
+    def _check_outputs(self) -> None:
+        names = {layer.name for layer in self.layers}
+        if "pooler_output" in names and getattr(self.base, "pooler", True) is None:
+            raise ConfigError(f"output_layers: {self.spec.model_name} has no pooler; use last_hidden_state "
+                              "with pooling: cls|mean|max")
+        if "logits" in names and self.base is self.model:
+            raise ConfigError(f"output_layers: 'logits' needs a task model (task: e.g. sentiment-analysis); "
+                              f"{self.spec.model_name} was loaded as {type(self.model).__name__}")
+
+    def sort_key(self, payload: str) -> int:
+        return len(payload)
+
+    def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.limit,
+                                 return_tensors="pt")
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        return {"inputs": encoded, "truncated": count_truncated(self.tokenizer, texts, lengths, self.limit)}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
+        self.truncated += batch["truncated"]
+        inputs = {k: v.to(self.device) for k, v in batch["inputs"].items()}
+        captured: dict[str, Any] = {}
+        hook = None
+        if self.base is not self.model:  # task model: the base model's own outputs, captured in the same pass
+            hook = self.base.register_forward_hook(lambda _m, _i, out: captured.setdefault("base", out))
+        try:
+            with torch.inference_mode(), autocast(self.device, self.spec.precision):
+                out = self.model(**inputs, output_hidden_states=self.need_hidden, return_dict=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        base = captured.get("base", out)
+        mask = inputs["attention_mask"]
+        result: dict[str, Sequence[np.ndarray]] = {}
+        for layer in self.layers:
+            result[layer.folder] = to_numpy(self._layer(layer, out, base, mask))
+        return result
+
+    def _layer(self, layer: Layer, out: Any, base: Any, mask: torch.Tensor) -> Any:
+        match = HIDDEN.match(layer.name)
+        if match:
+            return pool(out.hidden_states[int(match.group(1))], mask, layer.pooling)
+        if layer.name == "logits":
+            return out.logits
+        value = getattr(base, layer.name)
+        return pool(value, mask, layer.pooling) if layer.name in TOKEN_LAYERS else value
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.location.describe(),
+            "tokenizer": self.tokenizer_location.describe() if self.spec.tokenizer_name else "model's own",
+            "model_class": type(self.model).__name__,
+            "task": self.spec.task,
+            "max_length": self.limit,
+            "truncated_texts": self.truncated,
+        }

@@ -1,0 +1,34 @@
+"""Pooling of token or time steps, masked so that padding never changes a record's vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+POOLINGS = ("mean", "cls", "max", "none")
+
+
+def pool(steps: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor | list[torch.Tensor]:
+    """Reduce `steps` (batch, steps, dim) over the valid steps of `mask` (batch, steps).
+
+    `none` returns one (valid_steps, dim) tensor per record, padding removed.
+    """
+    if how == "none":
+        keep = mask.bool()
+        return [steps[i][keep[i]] for i in range(steps.shape[0])]
+    if how == "cls":
+        first = mask.long().argmax(dim=1)  # the first valid step (left or right padding alike)
+        return steps[torch.arange(steps.shape[0], device=steps.device), first]
+    weights = mask.to(steps.dtype).unsqueeze(-1)
+    if how == "mean":
+        return (steps * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    if how == "max":
+        return steps.masked_fill(weights == 0, torch.finfo(steps.dtype).min).amax(dim=1)
+    raise ValueError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")
+
+
+def to_numpy(value: torch.Tensor | list[torch.Tensor]) -> np.ndarray | list[np.ndarray]:
+    """float32 numpy on the CPU: an array for stacked features, a list for ragged ones."""
+    if isinstance(value, list):
+        return [v.detach().float().cpu().numpy() for v in value]
+    return value.detach().float().cpu().numpy()

@@ -1,0 +1,40 @@
+"""Which backends serve which modality. Entries are import paths, so nothing heavy loads until used."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..errors import bad_value
+
+if TYPE_CHECKING:
+    from ..config.schema import ModelSpec
+    from .base import Extractor
+
+REGISTRY: dict[str, dict[str, str]] = {
+    "textual": {
+        "transformers": "ducho.backends.hf_text:TransformersText",
+        "sentence_transformers": "ducho.backends.sentence_transformers:SentenceTransformersText",
+    },
+}
+
+
+def backends_for(modality: str) -> list[str]:
+    return sorted(REGISTRY.get(modality, {}))
+
+
+def check_backend(modality: str, backend: str, key: str) -> None:
+    """Raise ConfigError when `backend` does not serve `modality`."""
+    if backend not in REGISTRY.get(modality, {}):
+        raise bad_value(key, backend, backends_for(modality), what=f"backend for {modality}")
+
+
+def extractor_class(modality: str, backend: str) -> Callable[..., Extractor]:
+    module, name = REGISTRY[modality][backend].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_extractor(modality: str, backend: str, spec: ModelSpec, device: str) -> Extractor:
+    """Build the extractor for one model (done once per job)."""
+    return extractor_class(modality, backend)(spec, device)

@@ -1,0 +1,114 @@
+"""`ducho` command line: run, validate, demo. Heavy libraries load only inside the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import DuchoError
+
+LEGACY_HINT = "reference style also works: ducho --config=FILE --a.b=c"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ducho", description="Extract multimodal features for recommendation.",
+                                     epilog=LEGACY_HINT)
+    parser.add_argument("--version", action="version", version=f"ducho {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="extract the features a config describes")
+    run.add_argument("config", nargs="?", help="YAML config file")
+    run.add_argument("overrides", nargs="*", help="key.path=value (e.g. textual.items.model.0.batch_size=64)")
+    run.add_argument("--config", dest="config_option", help="YAML config file (reference spelling)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (jobs, records, outputs) and stop")
+    run.add_argument("--overwrite", action="store_true", help="recompute outputs that already exist")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    validate = commands.add_parser("validate", help="check config, paths, columns and models without extracting")
+    validate.add_argument("config")
+    validate.add_argument("overrides", nargs="*")
+
+    demo = commands.add_parser("demo", help="run the bundled demo with the packaged offline models")
+    demo.add_argument("--output", default="demo-output", help="folder for the demo's data copy and features")
+    return parser
+
+
+def _split_legacy(argv: list[str]) -> list[str]:
+    """`--config=file --a.b=c` (reference style, no command) becomes `run file a.b=c`."""
+    if argv and argv[0].startswith("--config"):
+        argv = ["run", *argv]
+    if not argv or argv[0] not in ("run", "validate"):
+        return argv
+    out = [argv[0]]
+    rest = argv[1:]
+    index = 0
+    while index < len(rest):
+        arg = rest[index]
+        if arg.startswith("--config"):
+            out.append(arg.split("=", 1)[1] if "=" in arg else rest[index + 1])
+            index += 1 if "=" in arg else 2
+            continue
+        if arg.startswith("--") and "=" in arg and arg[2:].split("=", 1)[0] not in _FLAGS:
+            out.append(arg[2:])  # --a.b=c override
+        else:
+            out.append(arg)
+        index += 1
+    return out
+
+
+_FLAGS = {"dry-run", "overwrite", "no-progress"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = _split_legacy(list(sys.argv[1:] if argv is None else argv))
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from .logs import console
+
+    console()
+    try:
+        if args.command == "run":
+            return _run(args, parser)
+        if args.command == "validate":
+            from .inspect import validate
+
+            print(validate(args.config, args.overrides))
+            return 0
+        if args.command == "demo":
+            from .demo.main import main as demo_main
+
+            return demo_main(args.output)
+    except DuchoError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    config = args.config or args.config_option
+    if not config:
+        parser.error("run needs a config file")
+    if args.dry_run:
+        from .inspect import dry_run
+
+        print(dry_run(config, args.overrides))
+        return 0
+    from .runner import run
+
+    result = run(config, args.overrides, overwrite=args.overwrite or None, progress=not args.no_progress)
+    for job in result.jobs:
+        layers = ", ".join(f"{folder}: {count}" for folder, count in job.counts.items())
+        print(f"{job.key}  {job.model}  -> {job.output_dir}  [{layers}]  "
+              f"extracted {job.extracted}, resumed {job.resumed}, skipped {len(job.skipped)}")
+    if result.log_file:
+        print(f"log: {result.log_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

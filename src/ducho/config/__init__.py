@@ -1,0 +1,6 @@
+"""Configuration: the schema, the loader and the translation of reference-release spellings."""
+
+from .load import apply_override, load_config, translation_notes
+from .schema import Config, ModelSpec, TextualSource
+
+__all__ = ["Config", "ModelSpec", "TextualSource", "apply_override", "load_config", "translation_notes"]

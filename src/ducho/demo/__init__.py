@@ -1,0 +1,1 @@
+"""The bundled demo: textual item descriptions and user reviews, extracted with the packaged MiniLM."""

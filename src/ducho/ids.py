@@ -1,0 +1,53 @@
+"""Record ids and the file names made from them.
+
+Ids are percent-encoded into file names, so the mapping is one-to-one for single ids, no id can
+reach outside its output folder, and `int`-like ids (the Elliot convention) stay as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+SAFE_PUNCTUATION = set("-_.,+=@~!$&'()[]{}#")
+MAX_STEM_BYTES = 200
+PAIR_SEPARATOR = "__"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKey:
+    """An item id, or the (user, item) pair of an interaction."""
+
+    item: str
+    user: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The id as the user wrote it, for reports."""
+        return self.item if self.user is None else f"{self.user}{PAIR_SEPARATOR}{self.item}"
+
+    @property
+    def stem(self) -> str:
+        """The file name (without extension): `<item>` or `<user>__<item>`."""
+        stem = safe_stem(self.item) if self.user is None else \
+            f"{safe_stem(self.user)}{PAIR_SEPARATOR}{safe_stem(self.item)}"
+        return _shorten(stem)
+
+
+def safe_stem(value: str) -> str:
+    """Encode an id as a file-name stem: letters and digits of any script stay, `/`, `\\`, `%`,
+    control characters and the like become `%XX`, and a leading dot is encoded (no `..`, no hidden files)."""
+    out = []
+    for index, ch in enumerate(value):
+        if (ch.isalnum() or ch in SAFE_PUNCTUATION) and not (index == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+    return "".join(out) or "%00"
+
+
+def _shorten(stem: str) -> str:
+    if len(stem.encode("utf-8")) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha1(stem.encode("utf-8")).hexdigest()[:16]
+    return stem.encode("utf-8")[:150].decode("utf-8", "ignore") + "~" + digest

@@ -1,0 +1,98 @@
+"""Turn a Config into a plan: one job per (modality, source, model), with resolved paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends.registry import backends_for, check_backend
+from .config.schema import MODALITIES, SOURCES, Config, ModelSpec, TextualSource
+from .errors import ConfigError
+from .ids import safe_stem
+from .model_store import PACKAGED
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model applied to one source; `output_dir` holds a folder per layer."""
+
+    modality: str
+    source: str
+    index: int
+    spec: ModelSpec
+    backend: str
+    settings: TextualSource
+    input_path: Path
+    output_dir: Path
+    format: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.modality}.{self.source}.model.{self.index}"
+
+    @property
+    def source_key(self) -> str:
+        return f"{self.modality}.{self.source}"
+
+
+def model_folder(name: str) -> Path:
+    """The output sub-folder of a model: the hub id (`org/name`, as the reference did) or a local path's name."""
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        parts = [path.stem if path.is_file() else path.name]
+    else:
+        parts = [p for p in name.split("/") if p]
+    return Path(*[safe_stem(p) for p in parts])
+
+
+def default_backend(modality: str, name: str) -> str:
+    """Textual models: sentence-transformers for its own models and folders, transformers otherwise."""
+    if modality == "textual":
+        folder = Path(name).expanduser()
+        if (folder / "modules.json").is_file() or name.lower().startswith("sentence-transformers/") \
+                or f"sentence-transformers/{name}".lower() in PACKAGED:
+            return "sentence_transformers"
+        return "transformers"
+    return backends_for(modality)[0]
+
+
+def build_plan(config: Config) -> list[Job]:
+    """All jobs of the run in order (modality -> source -> model); raises ConfigError before any work."""
+    base = Path(config.dataset_path).expanduser()
+    jobs: list[Job] = []
+    for modality in MODALITIES:
+        section = getattr(config, modality)
+        if section is None:
+            continue
+        if not backends_for(modality):
+            raise ConfigError(f"{modality}: this modality is not available in this version of Ducho "
+                              f"(available: {', '.join(m for m in MODALITIES if backends_for(m))}); "
+                              "remove the section to run the others")
+        for source in SOURCES:
+            settings = getattr(section, source)
+            if settings is None:
+                continue
+            for index, spec in enumerate(settings.model):
+                backend = spec.backend or default_backend(modality, spec.model_name)
+                check_backend(modality, backend, f"{modality}.{source}.model.{index}.backend")
+                jobs.append(Job(
+                    modality=modality, source=source, index=index, spec=spec, backend=backend, settings=settings,
+                    input_path=base / settings.input_path,
+                    output_dir=base / settings.output_path / backend / model_folder(spec.model_name),
+                    format=settings.format or config.format,
+                ))
+    if not jobs:
+        raise ConfigError("the configuration names no source to extract (e.g. textual.items with a model list)")
+    _check_distinct_outputs(jobs)
+    return jobs
+
+
+def _check_distinct_outputs(jobs: list[Job]) -> None:
+    seen: dict[tuple[Path, str], str] = {}
+    for job in jobs:
+        for layer in job.spec.output_layers or ["(default)"]:
+            where = (job.output_dir, layer)
+            if where in seen:
+                raise ConfigError(f"{job.key} and {seen[where]} would write the same folder "
+                                  f"{job.output_dir / layer}; give them different output_path or layers")
+            seen[where] = job.key

@@ -1,0 +1,1 @@
+"""Per-modality preprocessing that is data, not model code."""

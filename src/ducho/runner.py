@@ -1,0 +1,283 @@
+"""The Runner: walks the plan (modality -> source -> model), builds each model once, streams its records
+through prepare (background thread) -> one forward for every layer -> writers (background thread)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .backends.base import Extractor, Layer
+from .backends.registry import build_extractor
+from .config.load import load_config, translation_notes
+from .config.schema import Config
+from .device import resolve_device
+from .errors import StrictModeError
+from .logs import run_log
+from .plan import Job, build_plan
+from .preprocess.text import clear_text
+from .sources.base import Record, Skip
+from .sources.textual import Scan, TextTable
+from .streams import WriteQueue, chunked, prefetch
+from .writers import LayerWriter, open_writer, write_failures, write_manifest
+
+log = logging.getLogger("ducho")
+
+CHUNK = 2048  # records per resume unit; fixed so that a resumed run batches exactly as the first one
+
+
+@dataclass
+class JobResult:
+    key: str
+    model: str
+    output_dir: Path
+    counts: dict[str, int]
+    extracted: int = 0
+    resumed: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class RunResult:
+    jobs: list[JobResult]
+    log_file: Path | None
+
+
+def run(config: Config | str | Path | dict, overrides: list[str] | tuple[str, ...] = (), *,
+        overwrite: bool | None = None, progress: bool = True) -> RunResult:
+    """Run every job of `config` (a Config, a YAML path or a mapping) and return what was written."""
+    config = config if isinstance(config, Config) and not overrides else load_config(config, overrides)
+    if overwrite is not None:
+        config = config.model_copy(update={"overwrite": overwrite})
+    jobs = build_plan(config)
+    with run_log(Path(config.dataset_path) / config.log_dir, config) as log_file:
+        for note in translation_notes(config):
+            log.info("config translated: %s", note)
+        device = resolve_device(config.device, config.device_fallback_to_cpu)
+        log.info("device: %s; %d job(s)", device, len(jobs))
+        tables: dict[str, tuple[TextTable, Scan]] = {}
+        results = []
+        for job in jobs:
+            if job.source_key not in tables:
+                table = TextTable(job.input_path, job.settings, job.source, job.source_key)
+                tables[job.source_key] = (table, table.scan())
+            table, scan = tables[job.source_key]
+            results.append(run_job(job, table, scan, device, config, progress))
+        return RunResult(results, log_file)
+
+
+def run_job(job: Job, table: TextTable, scan: Scan, device: str, config: Config, progress: bool) -> JobResult:
+    started = time.perf_counter()
+    log.info("%s: %s (%s) on %s -> %s", job.key, job.spec.model_name, job.backend, job.input_path, job.output_dir)
+    extractor = build_extractor(job.modality, job.backend, job.spec, device)
+    log.info("%s: model loaded from %s", job.key, extractor.describe()["model"])
+    input_sha = _input_sha256(job)
+    writers = {layer.folder: open_writer(job.format, job.output_dir / layer.folder, _fingerprint(job, layer),
+                                         input_sha, config.overwrite, job.source == "interactions")
+               for layer in extractor.layers}
+    result = JobResult(job.key, job.spec.model_name, job.output_dir, {})
+    for skip in scan.skipped:
+        _report(result, skip, config)
+    for layer in extractor.layers:
+        if not writers[layer.folder].complete:
+            write_manifest(writers[layer.folder].folder, _manifest(job, layer, writers[layer.folder], extractor,
+                                                                   config, input_sha, device, "running", 0))
+    sink = WriteQueue()
+    bar = tqdm(total=scan.kept, desc=job.key, unit="rec", disable=not progress, dynamic_ncols=True)
+    try:
+        for event in prefetch(_events(job, table, scan, extractor, writers)):
+            kind = event[0]
+            if kind == "skip":
+                _report(result, event[1], config)
+                bar.update(1)
+            elif kind == "done":
+                result.resumed += event[1]
+                bar.update(event[1])
+            elif kind == "batch":
+                _, chunk_index, records, positions, prepared = event
+                _extract(job, extractor, writers, sink, result, config, chunk_index, records, positions, prepared)
+                bar.update(len(records))
+            else:  # end of a chunk
+                for writer in writers.values():
+                    sink.submit(writer.end_chunk, event[1], event[2])
+        sink.close()
+    finally:
+        bar.close()
+    for layer in extractor.layers:
+        writer = writers[layer.folder]
+        result.counts[layer.folder] = writer.finish()
+        write_manifest(writer.folder, _manifest(job, layer, writer, extractor, config, input_sha, device,
+                                                "complete", result.counts[layer.folder], len(result.skipped)))
+    write_failures(job.output_dir / "failures.tsv", [(s.label, s.origin, s.reason) for s in result.skipped])
+    result.seconds = time.perf_counter() - started
+    rate = result.extracted / result.seconds if result.seconds else 0.0
+    log.info("%s: %d extracted, %d already done, %d skipped (failures.tsv), %.1f rec/s; truncated texts: %s",
+             job.key, result.extracted, result.resumed, len(result.skipped), rate,
+             extractor.describe().get("truncated_texts", "n/a"))
+    return result
+
+
+def _events(job: Job, table: TextTable, scan: Scan, extractor: Extractor,
+            writers: dict[str, LayerWriter]) -> Iterator[tuple[Any, ...]]:
+    """Runs in the prefetch thread: read, clean, chunk, sort by length, batch and prepare (tokenise)."""
+    def candidates() -> Iterator[Record]:
+        for record in table.records(scan):
+            text = clear_text(record.payload) if job.spec.clear_text else record.payload
+            if not text.strip() and job.settings.empty_text == "skip":
+                skipped.append(Skip(record.key.label, record.origin,
+                                    "empty text" + (" after clear_text" if record.payload.strip() else "")))
+                continue
+            yield Record(record.key, record.origin, text)
+
+    skipped: list[Skip] = []
+    for chunk_index, chunk in enumerate(chunked(candidates(), CHUNK)):
+        yield from (("skip", s) for s in skipped)
+        skipped.clear()
+        keys = [r.key for r in chunk]
+        if all(w.is_done(chunk_index, keys) for w in writers.values()):
+            yield ("done", len(chunk))
+            continue
+        order = sorted(range(len(chunk)), key=lambda i: -extractor.sort_key(chunk[i].payload))
+        for start in range(0, len(order), job.spec.batch_size):
+            positions = order[start:start + job.spec.batch_size]
+            records = [chunk[i] for i in positions]
+            try:
+                prepared: Any = extractor.prepare([r.payload for r in records])
+            except Exception as error:  # isolated record by record in the main thread
+                prepared = error
+            yield ("batch", chunk_index, records, positions, prepared)
+        yield ("end", chunk_index, len(chunk))
+    yield from (("skip", s) for s in skipped)
+
+
+def _extract(job: Job, extractor: Extractor, writers: dict[str, LayerWriter], sink: WriteQueue,
+             result: JobResult, config: Config, chunk_index: int, records: list[Record], positions: list[int],
+             prepared: Any) -> None:
+    """One forward for the batch; on an error each record is retried alone so one bad record costs only itself."""
+    outputs = _forward(extractor, prepared)
+    if isinstance(outputs, Exception):
+        if len(records) == 1:
+            _report(result, Skip(records[0].key.label, records[0].origin, _reason(outputs)), config)
+            return
+        for record, position in zip(records, positions):
+            _extract(job, extractor, writers, sink, result, config, chunk_index, [record], [position],
+                     _prepare_one(extractor, record))
+        return
+    keep = [i for i in range(len(records)) if _finite(outputs, i, records[i], result, config)]
+    for folder, arrays in outputs.items():
+        chosen = [_normalized(arrays[i]) if job.spec.normalize else arrays[i] for i in keep]
+        sink.submit(writers[folder].write, chunk_index, [positions[i] for i in keep],
+                    [records[i].key for i in keep], chosen)
+    result.extracted += len(keep)
+
+
+def _forward(extractor: Extractor, prepared: Any) -> Any:
+    if isinstance(prepared, Exception):
+        return prepared
+    try:
+        return extractor.forward(prepared)
+    except Exception as error:
+        return error
+
+
+def _prepare_one(extractor: Extractor, record: Record) -> Any:
+    try:
+        return extractor.prepare([record.payload])
+    except Exception as error:
+        return error
+
+
+def _finite(outputs: dict[str, Any], index: int, record: Record, result: JobResult, config: Config) -> bool:
+    for folder, arrays in outputs.items():
+        if not np.isfinite(arrays[index]).all():
+            _report(result, Skip(record.key.label, record.origin, f"non-finite values in layer {folder}"), config)
+            return False
+    return True
+
+
+def _normalized(array: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(array, axis=-1, keepdims=True)
+    return (array / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
+
+
+def _report(result: JobResult, skip: Skip, config: Config) -> None:
+    result.skipped.append(skip)
+    log.warning("%s: skipped %s (%s): %s", result.key, skip.label, skip.origin, skip.reason)
+    if config.strict:
+        raise StrictModeError(f"strict mode: {result.key} skipped {skip.label} ({skip.origin}): {skip.reason}")
+
+
+def _fingerprint(job: Job, layer: Layer) -> str:
+    """What makes the numbers: model, layer, pooling, preprocessing and the source columns (not batch size)."""
+    spec = job.spec.model_dump(exclude={"batch_size", "output_layers"})
+    source = job.settings.model_dump(exclude={"model", "output_path", "format", "input_path"})
+    payload = {"modality": job.modality, "source": job.source, "backend": job.backend, "layer": layer.name,
+               "pooling": layer.pooling, "format": job.format, "spec": spec, "columns": source}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _input_sha256(job: Job) -> str:
+    digest = hashlib.sha256()
+    with job.input_path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(job: Job, layer: Layer, writer: LayerWriter, extractor: Extractor, config: Config,
+              input_sha: str, device: str, status: str, count: int, failures: int = 0) -> dict[str, Any]:
+    return {
+        "status": status,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "ducho_version": __version__,
+        "modality": job.modality,
+        "source": job.source,
+        "job": job.key,
+        "backend": job.backend,
+        **extractor.describe(),
+        "layer": layer.folder,
+        "computed_layer": layer.name,
+        "pooling": layer.pooling,
+        "normalize": job.spec.normalize,
+        "preprocessing": {"clear_text": job.spec.clear_text, "empty_text": job.settings.empty_text,
+                          "duplicate_ids": job.settings.duplicate_ids, "text_column": job.settings.text_column},
+        "dtype": "float32",
+        "shape": writer.shape_label(),
+        "count": count,
+        "failures": failures,
+        "format": job.format,
+        "layout": type(writer).layout,
+        "input": str(job.input_path),
+        "input_sha256": input_sha,
+        "device": device,
+        "precision": job.spec.precision,
+        "fingerprint": _fingerprint(job, layer),
+        "config_sha256": hashlib.sha256(config.model_dump_json().encode()).hexdigest(),
+        "libraries": library_versions(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("torch", "transformers", "sentence-transformers", "tokenizers", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,211 @@
+"""Write features: one `.npy` per record (the paper's layout) or one `(N, D)` matrix with its id file.
+
+Every file is written to a temporary name and renamed into place, so a file that exists is complete.
+Work is grouped in chunks of records; a chunk whose outputs all exist is skipped on a re-run (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DuchoError
+from .ids import RecordKey
+
+MANIFEST = "manifest.json"
+PARTS = ".parts"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(handle)` on a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array, dtype=np.float32)))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class LayerWriter:
+    """Outputs of one layer of one model, in `folder`."""
+
+    def __init__(self, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
+                 interactions: bool) -> None:
+        self.folder = folder
+        self.interactions = interactions
+        self.shape: tuple[int, ...] | None = None
+        self.ragged = False
+        self.written = 0
+        previous = read_manifest(folder) or {}
+        if overwrite:
+            self.clear()
+            previous = {}
+        elif previous and previous.get("fingerprint") != fingerprint:
+            raise DuchoError(f"{folder} holds features made with other settings (manifest fingerprint "
+                             f"{previous.get('fingerprint')}, now {fingerprint}); run with --overwrite "
+                             "or choose another output_path")
+        # the same settings already ran to the end on the same input file: nothing to do
+        self.complete = previous.get("status") == "complete" and previous.get("input_sha256") == input_sha256
+        self.previous_count = int(previous.get("count", 0))
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def clear(self) -> None:
+        """Remove what earlier runs wrote here (only Ducho's own files)."""
+        if not self.folder.is_dir():
+            return
+        for entry in self.folder.iterdir():
+            if entry.name == PARTS:
+                shutil.rmtree(entry)
+            elif entry.suffix in (".npy", ".tsv", ".json") or entry.name.endswith(".tmp"):
+                entry.unlink()
+
+    def check_shape(self, array: np.ndarray) -> None:
+        """Every record of a layer has the same shape (except token/time matrices, which vary in length)."""
+        shape = tuple(array.shape)
+        if self.shape is None:
+            self.shape = shape
+        elif shape != self.shape:
+            if len(shape) == len(self.shape) and shape[1:] == self.shape[1:]:
+                self.ragged = True
+            else:
+                raise DuchoError(f"{self.folder}: a record has shape {shape}, earlier ones {self.shape}")
+
+    def shape_label(self) -> list[Any]:
+        if self.shape is None:
+            return []
+        return ["steps", *self.shape[1:]] if self.ragged else list(self.shape)
+
+
+class NpyWriter(LayerWriter):
+    """`<folder>/<id>.npy` (interactions `<user>__<item>.npy`), one float32 array per record."""
+
+    layout = "one .npy per record: <item>.npy, interactions <user>__<item>.npy"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.existing = {p.name[:-4] for p in self.folder.iterdir() if p.suffix == ".npy"}
+
+    def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
+        return self.complete or all(key.stem in self.existing for key in keys)
+
+    def write(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
+              arrays: Sequence[np.ndarray]) -> None:
+        for key, array in zip(keys, arrays):
+            self.check_shape(array)
+            save_npy(self.folder / f"{key.stem}.npy", array)
+            self.written += 1
+
+    def end_chunk(self, chunk: int, size: int) -> None:
+        """Nothing to do: every record was written as it came."""
+
+    def finish(self) -> int:
+        return sum(1 for p in self.folder.iterdir() if p.suffix == ".npy")
+
+
+class MatrixWriter(LayerWriter):
+    """`<folder>/features.npy` of shape (N, ...) and `<folder>/ids.tsv` in the same row order (input order)."""
+
+    layout = "features.npy (N, ...) with ids.tsv in the same row order"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parts = self.folder / PARTS
+        self.pending: dict[int, tuple[RecordKey, np.ndarray]] = {}
+
+    def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
+        return self.complete or (self.parts / f"{chunk:06d}.npy").is_file()
+
+    def write(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
+              arrays: Sequence[np.ndarray]) -> None:
+        for position, key, array in zip(positions, keys, arrays):
+            self.check_shape(array)
+            if self.ragged:
+                raise DuchoError(f"{self.folder}: format matrix needs one shape per record; this layer gives "
+                                 "token/time matrices of varying length (use pooling or format: npy)")
+            self.pending[position] = (key, array)
+
+    def end_chunk(self, chunk: int, size: int) -> None:
+        """Write the chunk in input order as one part; parts are joined by `finish`."""
+        if not self.pending:
+            return
+        order = sorted(self.pending)
+        rows = np.stack([self.pending[p][1] for p in order]).astype(np.float32)
+        ids = "".join(self._id_line(self.pending[p][0]) for p in order)
+        write_text(self.parts / f"{chunk:06d}.ids.tsv", ids)
+        save_npy(self.parts / f"{chunk:06d}.npy", rows)
+        self.written += len(order)
+        self.pending.clear()
+
+    def _id_line(self, key: RecordKey) -> str:
+        return f"{key.user}\t{key.item}\n" if self.interactions else f"{key.item}\n"
+
+    def finish(self) -> int:
+        """Join the parts into features.npy + ids.tsv without holding them all in memory."""
+        if self.complete:
+            return self.previous_count
+        parts = sorted(self.parts.glob("*.npy")) if self.parts.is_dir() else []
+        if not parts:
+            return 0
+        arrays = [np.load(p, mmap_mode="r") for p in parts]
+        total = sum(a.shape[0] for a in arrays)
+        self.shape = tuple(arrays[0].shape[1:])
+        header = "user\titem\n" if self.interactions else "item\n"
+        tmp = self.folder / ".features.npy.tmp"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, *self.shape))
+        start = 0
+        for array in arrays:
+            out[start:start + array.shape[0]] = array
+            start += array.shape[0]
+        out.flush()
+        del out
+        id_text = header + "".join(p.with_suffix(".ids.tsv").read_text(encoding="utf-8") for p in parts)
+        write_text(self.folder / "ids.tsv", id_text)
+        os.replace(tmp, self.folder / "features.npy")
+        shutil.rmtree(self.parts)
+        return total
+
+
+def open_writer(fmt: str, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
+                interactions: bool) -> LayerWriter:
+    cls = MatrixWriter if fmt == "matrix" else NpyWriter
+    return cls(folder, fingerprint, input_sha256, overwrite, interactions)
+
+
+def write_failures(path: Path, rows: Sequence[tuple[str, str, str]]) -> None:
+    """`failures.tsv`: one line per skipped record (id, source, reason)."""
+    def clean(value: str) -> str:
+        return value.replace("\t", " ").replace("\n", " ")
+    lines = ["id\tsource\treason\n"] + [f"{clean(a)}\t{clean(b)}\t{clean(c)}\n" for a, b, c in rows]
+    write_text(path, "".join(lines))
