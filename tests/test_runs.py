@@ -1,0 +1,122 @@
+"""Runs end to end: matrix format, resume after a kill, re-runs, strict mode, failure reports, manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import TEXTS, write_tsv
+
+import ducho
+from ducho.errors import DuchoError, StrictModeError
+
+
+def config(tmp_path: Path, model_dir: Path, source: str = "items", fmt: str = "npy", rows: list | None = None,
+           **model: object) -> dict:
+    spec = {"model_name": str(model_dir), "backend": "transformers", "output_layers": ["last_hidden_state",
+            "pooler_output"], "batch_size": 4, **model}
+    if source == "items":
+        rows = rows or [[f"i{n:02d}", t] for n, t in enumerate(TEXTS)] + [["i99", ""], ["i00", "duplicate"]]
+        write_tsv(tmp_path / "in.tsv", ["item_id", "text"], rows)
+    else:
+        write_tsv(tmp_path / "in.tsv", ["user", "item", "text"],
+                  [[f"u{n % 4}", f"i{n:02d}", t] for n, t in enumerate(TEXTS)])
+    return {"dataset_path": str(tmp_path), "device": "cpu", "format": fmt,
+            "textual": {source: {"input_path": "in.tsv", "output_path": "out", "model": [spec]}}}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every feature file under `folder` (manifests and reports excluded: they hold times)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix in (".npy", ".tsv") and p.name != "failures.tsv"}
+
+
+def test_matrix_format_rows_follow_ids_and_equal_npy_files(tmp_path: Path, tiny_bert: Path) -> None:
+    per_item = ducho.run(config(tmp_path / "npy", tiny_bert), progress=False).jobs[0].output_dir
+    matrix = ducho.run(config(tmp_path / "mat", tiny_bert, fmt="matrix"), progress=False).jobs[0].output_dir
+    features = np.load(matrix / "pooler_output" / "features.npy")
+    ids = (matrix / "pooler_output" / "ids.tsv").read_text().splitlines()
+    assert ids[0] == "item" and ids[1:] == [f"i{n:02d}" for n in range(len(TEXTS))]  # input order
+    assert features.shape == (len(TEXTS), 32) and features.dtype == np.float32
+    for row, item in enumerate(ids[1:]):
+        assert np.abs(features[row] - np.load(per_item / "pooler_output" / f"{item}.npy")).max() < 1e-5
+
+
+def test_matrix_interactions_ids_have_user_and_item(tmp_path: Path, tiny_bert: Path) -> None:
+    job = ducho.run(config(tmp_path, tiny_bert, source="interactions", fmt="matrix"), progress=False).jobs[0]
+    lines = (job.output_dir / "last_hidden_state" / "ids.tsv").read_text().splitlines()
+    assert lines[0] == "user\titem"
+    assert lines[1:4] == ["u0\ti00", "u1\ti01", "u2\ti02"]
+    assert np.load(job.output_dir / "last_hidden_state" / "features.npy").shape == (len(TEXTS), 32)
+
+
+def test_skips_are_reported_and_rerun_resumes(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = config(tmp_path, tiny_bert)
+    first = ducho.run(cfg, progress=False).jobs[0]
+    report = (first.output_dir / "failures.tsv").read_text().splitlines()
+    assert report[0] == "id\tsource\treason"
+    reasons = {line.split("\t")[0]: line.split("\t")[2] for line in report[1:]}
+    assert reasons["i99"] == "empty text" and reasons["i00"].startswith("duplicate id")
+    assert first.extracted == len(TEXTS) and first.counts["pooler_output"] == len(TEXTS)
+    manifest = json.loads((first.output_dir / "pooler_output" / "manifest.json").read_text())
+    for key in ("fingerprint", "config_sha256", "libraries", "shape", "count", "model", "input_sha256"):
+        assert key in manifest
+    assert manifest["status"] == "complete" and manifest["shape"] == [32] and manifest["count"] == len(TEXTS)
+    assert "file_sha256" in manifest["model"]
+    before = snapshot(first.output_dir)
+    second = ducho.run(cfg, progress=False).jobs[0]
+    assert second.extracted == 0 and second.resumed == len(TEXTS)
+    assert snapshot(second.output_dir) == before
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_changed_settings_refuse_to_mix_unless_overwrite(tmp_path: Path, tiny_bert: Path) -> None:
+    ducho.run(config(tmp_path, tiny_bert), progress=False)
+    changed = config(tmp_path, tiny_bert, pooling="max")
+    with pytest.raises(DuchoError, match="other settings"):
+        ducho.run(changed, progress=False)
+    job = ducho.run(changed, progress=False, overwrite=True).jobs[0]
+    assert job.extracted == len(TEXTS)
+
+
+def test_strict_mode_stops_at_first_skip(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = config(tmp_path, tiny_bert)
+    cfg["strict"] = True
+    with pytest.raises(StrictModeError, match="i99|i00"):
+        ducho.run(cfg, progress=False)
+
+
+def test_a_killed_run_resumes_to_identical_files(tmp_path: Path, tiny_bert: Path) -> None:
+    texts = [f"{TEXTS[n % len(TEXTS)]} {n}" for n in range(2600)]  # two resume chunks
+    rows = [[f"i{n:05d}", t] for n, t in enumerate(texts)]
+    for name in ("whole", "killed"):
+        cfg = config(tmp_path / name, tiny_bert, rows=rows, batch_size=8)
+        (tmp_path / name / "c.yml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "ducho", "run", "--no-progress"]
+    subprocess.run([*command, str(tmp_path / "whole" / "c.yml")], check=True, env=env, capture_output=True)
+
+    layer = tmp_path / "killed" / "out" / "transformers" / tiny_bert.name / "pooler_output"
+    process = subprocess.Popen([*command, str(tmp_path / "killed" / "c.yml")], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not layer.is_dir() or len(list(layer.glob("*.npy"))) < 2100):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list(layer.glob("*.npy")))
+    assert 0 < done < len(texts), "the run was not interrupted mid-way"
+    resumed = subprocess.run([*command, str(tmp_path / "killed" / "c.yml")], check=True, env=env,
+                             capture_output=True, text=True)
+    assert "resumed 2048" in resumed.stdout  # the first chunk was complete and not recomputed
+    whole = snapshot(tmp_path / "whole" / "out")
+    assert len(whole) == 2 * len(texts)
+    assert snapshot(tmp_path / "killed" / "out") == whole
