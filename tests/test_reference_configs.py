@@ -1,6 +1,7 @@
 """Demo-3 configs written for the reference releases 1.0 and 2.0 run unchanged (models served from a local
 Hugging Face cache holding tiny models under the demo's hub ids)."""
 
+# ruff: noqa: E501  (the configs are quoted verbatim)
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import TEXTS, hub_cache_entry, write_tsv
 
 CONFIG_1_0 = """\
@@ -100,5 +102,6 @@ def test_reference_demo3_config_runs_unchanged(tmp_path: Path, hub_cache: Path, 
     assert np.load(reviews / review_files[0]).shape == (32,)
     manifest = json.loads((reviews / "manifest.json").read_text())
     assert manifest["model"]["loaded_from"] == "hub cache"
-    assert manifest["computed_layer"] == "pooler_output" and manifest["preprocessing"]["clear_text"] == (version == "1.0")
+    assert manifest["computed_layer"] == "pooler_output"
+    assert manifest["preprocessing"]["clear_text"] == (version == "1.0")
     assert list((tmp_path / "local" / "data" / "demo3" / "logs").glob("ducho-*.log"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TEXTS, write_tsv
 
 import ducho
+from conftest import TEXTS, write_tsv
 from ducho.errors import DuchoError, StrictModeError
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, write_tsv
 
 import ducho
+from conftest import TEXTS, write_tsv
 
 TOL = 2e-5
 

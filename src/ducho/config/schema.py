@@ -32,10 +32,11 @@ class ModelSpec(Settings):
 
     model_name: str = Field(min_length=1, description="Hub id, local folder or file, or a library class name.")
     backend: str | None = Field(None, description="Registered backend; chosen from the model when left out.")
-    output_layers: list[str] = Field(default_factory=list, description="Layers to extract; backend default if empty.")
+    output_layers: list[str] = Field(default_factory=list,
+                                     description="Layers to extract; the backend's default when empty.")
     pooling: Pooling | None = Field(None, description="How token or time steps are pooled; backend default if unset.")
     batch_size: PositiveInt = 32
-    clear_text: bool = Field(False, description="Remove punctuation, digits and symbols; keeps letters of every script.")
+    clear_text: bool = Field(False, description="Drop punctuation, digits, symbols; keep letters of every script.")
     task: str | None = Field(None, description="Model variant, e.g. 'sentiment-analysis' or an Auto class name.")
     tokenizer_name: str | None = None
     revision: str | None = None
