@@ -56,5 +56,6 @@ def validate(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (
             found = "NOT FOUND"
         lines.append(f"- {job.key}: {job.spec.model_name} -> {found}; {scan.kept}/{scan.rows} records")
     if problems:
+        lines[0] = "config has problems"
         raise DuchoError("\n".join(lines + ["problems:"] + problems))
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from .config.schema import Config
 from .device import resolve_device
 from .errors import StrictModeError
 from .logs import run_log
+from .model_store import locate
 from .plan import Job, build_plan
 from .preprocess.text import clear_text
 from .sources.base import Record, Skip
@@ -60,6 +61,8 @@ def run(config: Config | str | Path | dict, overrides: list[str] | tuple[str, ..
     if overwrite is not None:
         config = config.model_copy(update={"overwrite": overwrite})
     jobs = build_plan(config)
+    for job in jobs:  # a missing model fails before any work, with the places tried
+        locate(job.spec.model_name, job.spec.revision)
     with run_log(Path(config.dataset_path) / config.log_dir, config) as log_file:
         for note in translation_notes(config):
             log.info("config translated: %s", note)
