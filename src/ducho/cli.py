@@ -46,6 +46,10 @@ def _split_legacy(argv: list[str]) -> list[str]:
     index = 0
     while index < len(rest):
         arg = rest[index]
+        if arg == "--config" and index + 1 >= len(rest):
+            out.append(arg)  # argparse reports the missing value
+            index += 1
+            continue
         if arg.startswith("--config"):
             out.append(arg.split("=", 1)[1] if "=" in arg else rest[index + 1])
             index += 1 if "=" in arg else 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-SAFE_PUNCTUATION = set("-_.,+=@~!$&'()[]{}#")
+SAFE_PUNCTUATION = set("-_.,+=@!$&'()[]{}#")  # "~" marks shortened stems
 MAX_STEM_BYTES = 200
 PAIR_SEPARATOR = "__"
 
@@ -43,7 +43,7 @@ def safe_stem(value: str) -> str:
             out.append(ch)
         else:
             out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
-    return "".join(out) or "%00"
+    return "".join(out) or "%"  # "%" alone is never produced by encoding
 
 
 def _shorten(stem: str) -> str:

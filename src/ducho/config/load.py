@@ -28,6 +28,10 @@ def load_config(source: str | Path | Mapping[str, Any] | Config | None = None,
         raw = dict(source)
     else:
         raw = read_yaml(Path(source))
+    for modality in raw.values() if overrides else ():  # `model: {...}` is a list of one, also for overrides
+        for block in modality.values() if isinstance(modality, dict) else ():
+            if isinstance(block, dict) and isinstance(block.get("model"), dict):
+                block["model"] = [block["model"]]
     for item in overrides:
         apply_override(raw, item)
     data, notes = translate(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_APOSTROPHE_OUTSIDE_WORD = re.compile(r"(?<![^\W\d_])'|'(?![^\W\d_])")
+_APOSTROPHE_OUTSIDE_WORD = re.compile(r"(?<![^\W\d_])['\u2019]|['\u2019](?![^\W\d_])")
 _SPACES = re.compile(r"\s+")
 
 
@@ -14,7 +14,7 @@ class _KeepLetters(dict):
 
     def __missing__(self, code: int) -> int:
         ch = chr(code)
-        keep = unicodedata.category(ch)[0] in "LM" or ch == "'"
+        keep = unicodedata.category(ch)[0] in "LM" or ch in "'\u2019"
         self[code] = code if keep else 32
         return self[code]
 
