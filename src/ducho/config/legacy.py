@@ -58,6 +58,14 @@ def translate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return data, notes
 
 
+def models_as_lists(raw: dict[str, Any]) -> None:
+    """A source's `model: {...}` (one mapping) becomes a list of one, in place."""
+    for section in raw.values():
+        for block in section.values() if isinstance(section, dict) else ():
+            if isinstance(block, dict) and isinstance(block.get("model"), dict):
+                block["model"] = [block["model"]]
+
+
 def _rename(block: dict, table: dict[str, tuple[str, ...]], where: str, notes: list[str]) -> None:
     for new, olds in table.items():
         for old in olds:
@@ -73,10 +81,7 @@ def _translate_source(block: dict, where: str, modality: str, source: str, notes
     _rename(block, SOURCE_ALIASES, f"{where}.", notes)
     if modality == "textual":
         _translate_text_columns(block, where, source, notes)
-    models = block.get("model")
-    if isinstance(models, dict):
-        models = block["model"] = [models]
-    for index, model in enumerate(models or []):
+    for index, model in enumerate(block.get("model") or []):
         if not isinstance(model, dict):
             continue
         prefix = f"{where}.model.{index}."

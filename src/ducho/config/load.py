@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, bad_value, did_you_mean
-from .legacy import spellings, translate
+from .legacy import models_as_lists, spellings, translate
 from .schema import Config
 
 
@@ -28,10 +28,7 @@ def load_config(source: str | Path | Mapping[str, Any] | Config | None = None,
         raw = dict(source)
     else:
         raw = read_yaml(Path(source))
-    for modality in raw.values() if overrides else ():  # `model: {...}` is a list of one, also for overrides
-        for block in modality.values() if isinstance(modality, dict) else ():
-            if isinstance(block, dict) and isinstance(block.get("model"), dict):
-                block["model"] = [block["model"]]
+    models_as_lists(raw)  # before overrides, so `model.0.key=...` addresses a single `model: {...}`
     for item in overrides:
         apply_override(raw, item)
     data, notes = translate(raw)
