@@ -1,0 +1,1 @@
+"""Decoding of media files into what the models see."""
