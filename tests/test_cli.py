@@ -40,7 +40,7 @@ def test_dry_run_prints_the_plan_without_loading_models(tmp_path: Path, tiny_ber
     done = ducho("run", str(write_config(tmp_path, str(tiny_bert))), "--dry-run")
     assert done.returncode == 0, done.stderr
     assert "1 job(s)" in done.stdout and "[transformers]" in done.stdout
-    assert f"({len(TEXTS) + 1} rows, {len(TEXTS)} to extract, 1 skipped)" in done.stdout
+    assert f"({len(TEXTS) + 1} entries, {len(TEXTS)} to extract, 1 skipped)" in done.stdout
     assert str(tmp_path / "out" / "transformers" / "tiny-bert") in done.stdout
     assert not (tmp_path / "out").exists()
 

@@ -96,7 +96,7 @@ def test_unknown_keys_name_key_suggestion_and_accepted_keys() -> None:
 
 def test_bad_literal_values_list_accepted_values() -> None:
     text = error_of(base(pooling="meen"))
-    assert "textual.items.model.0.pooling: value 'meen' is not accepted; accepted: mean, cls, max, none " \
+    assert "textual.items.model.0.pooling: value 'meen' is not accepted; accepted: mean, avg, cls, max, none " \
            "(did you mean 'mean'?)" in text
     raw = base(precision="fp61")
     raw["textual"]["items"]["duplicate_ids"] = "fist"

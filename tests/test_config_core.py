@@ -44,7 +44,7 @@ def test_unknown_key_and_bad_value_messages() -> None:
     text = str(error.value)
     assert "textual.items.model.0.bach_size: unknown key (did you mean 'batch_size'?)" in text
     assert "accepted keys here: model_name, backend" in text
-    assert "pooling: value 'meen' is not accepted; accepted: mean, cls, max, none (did you mean 'mean'?)" in text
+    assert "pooling: value 'meen' is not accepted; accepted: mean, avg, cls, max, none (did you mean 'mean'?)" in text
 
 
 def test_reference_spellings_are_translated_and_noted() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ducho.config.schema import TextualSource
+from ducho.config.schema import TextModelSpec, TextualSource
 from ducho.errors import ConfigError, DuchoError
 from ducho.ids import RecordKey
 from ducho.preprocess.text import clear_text
+from ducho.sources.base import Skip
 from ducho.sources.textual import TextTable
 
 
@@ -27,9 +28,14 @@ def table(path: Path, source: str = "items", **settings: object) -> TextTable:
     return TextTable(path, spec, source, f"textual.{source}")
 
 
+SPEC = TextModelSpec(model_name="m")
+
+
 def read(t: TextTable) -> tuple[list, list[tuple[RecordKey, str]]]:
     scan = t.scan()
-    return scan.skipped, [(r.key, r.payload) for r in t.records(scan)]
+    entries = list(t.records(scan, SPEC))
+    skips = [e for e in entries if isinstance(e, Skip)]
+    return scan.skipped + skips, [(r.key, r.payload) for r in entries if not isinstance(r, Skip)]
 
 
 def test_item_defaults_first_column_id_last_column_text(tmp_path: Path) -> None:
@@ -87,7 +93,7 @@ def test_blank_lines_are_not_records(tmp_path: Path) -> None:
     t = table(path)
     scan = t.scan()
     assert (scan.rows, scan.kept, scan.skipped) == (2, 2, [])
-    assert [r.payload for r in t.records(scan)] == ["one", "two"]
+    assert [r.payload for r in t.records(scan, SPEC)] == ["one", "two"]
 
 
 def test_malformed_rows_are_skipped_with_a_reason(tmp_path: Path) -> None:

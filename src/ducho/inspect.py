@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from .backends.registry import check_model
 from .config.load import load_config, translation_notes
 from .errors import DuchoError
-from .model_store import locate
 from .plan import Job, build_plan
-from .sources.textual import Scan, TextTable
+from .sources import Source, open_source
 
 
-def _scan_sources(jobs: list[Job]) -> dict[str, tuple[TextTable, Scan]]:
-    scans: dict[str, tuple[TextTable, Scan]] = {}
+def _scan_sources(jobs: list[Job]) -> dict[str, tuple[Source, Any]]:
+    scans: dict[str, tuple[Source, Any]] = {}
     for job in jobs:
         if job.source_key not in scans:
-            table = TextTable(job.input_path, job.settings, job.source, job.source_key)
-            scans[job.source_key] = (table, table.scan())
+            source = open_source(job)
+            scans[job.source_key] = (source, source.scan())
     return scans
 
 
@@ -31,8 +32,8 @@ def dry_run(config_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
         table, scan = scans[job.source_key]
         layers = ", ".join(job.spec.output_layers) or "(backend default)"
         lines.append(f"- {job.key}: {job.spec.model_name} [{job.backend}] layers: {layers}")
-        lines.append(f"    input:  {job.input_path} ({scan.rows} rows, {scan.kept} to extract, "
-                     f"{len(scan.skipped)} skipped)")
+        lines.append(f"    input:  {job.input_path} ({scan.kept + len(scan.skipped)} entries, {scan.kept} to "
+                     f"extract, {len(scan.skipped)} skipped)")
         lines.append(f"    output: {job.output_dir}/<layer>/ ({job.format})")
     return "\n".join(lines)
 
@@ -47,14 +48,12 @@ def validate(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (
     for job in jobs:
         _, scan = scans[job.source_key]
         try:
-            where = locate(job.spec.model_name, job.spec.revision)
-            found = f"{where.origin}: {where.target}"
-            if job.spec.tokenizer_name:
-                locate(job.spec.tokenizer_name)
+            found = check_model(job.modality, job.backend, job.spec)
         except DuchoError as error:
             problems.append(f"{job.key}: {error}")
             found = "NOT FOUND"
-        lines.append(f"- {job.key}: {job.spec.model_name} -> {found}; {scan.kept}/{scan.rows} records")
+        lines.append(f"- {job.key}: {job.spec.model_name} -> {found}; {scan.kept}/{scan.kept + len(scan.skipped)} "
+                     "records")
     if problems:
         lines[0] = "config has problems"
         raise DuchoError("\n".join(lines + ["problems:"] + problems))

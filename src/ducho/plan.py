@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.registry import backends_for, check_backend
-from .config.schema import MODALITIES, SOURCES, Config, ModelSpec, TextualSource
+from .config.schema import MODALITIES, SOURCES, Config, MediaSource, ModelSpec, TextualSource
 from .errors import ConfigError
 from .ids import safe_stem
 from .model_store import PACKAGED
@@ -21,10 +21,11 @@ class Job:
     index: int
     spec: ModelSpec
     backend: str
-    settings: TextualSource
+    settings: TextualSource | MediaSource
     input_path: Path
     output_dir: Path
     format: str
+    mapping_path: Path | None = None
 
     @property
     def key(self) -> str:
@@ -80,6 +81,7 @@ def build_plan(config: Config) -> list[Job]:
                     input_path=base / settings.input_path,
                     output_dir=base / settings.output_path / backend / model_folder(spec.model_name),
                     format=settings.format or config.format,
+                    mapping_path=base / settings.mapping_path if getattr(settings, "mapping_path", None) else None,
                 ))
     if not jobs:
         raise ConfigError("the configuration names no source to extract (e.g. textual.items with a model list)")

@@ -17,17 +17,16 @@ from tqdm import tqdm
 
 from . import __version__
 from .backends.base import Extractor, Layer
-from .backends.registry import build_extractor
+from .backends.registry import build_extractor, check_model
 from .config.load import load_config, translation_notes
 from .config.schema import Config
 from .device import resolve_device
 from .errors import StrictModeError
+from .loading import Failed, auto_workers, load_batches, reason_of
 from .logs import run_log
-from .model_store import locate
 from .plan import Job, build_plan
-from .preprocess.text import clear_text
+from .sources import Source, open_source
 from .sources.base import Record, Skip
-from .sources.textual import Scan, TextTable
 from .streams import WriteQueue, chunked, prefetch
 from .writers import LayerWriter, open_writer, write_failures, write_manifest
 
@@ -62,29 +61,29 @@ def run(config: Config | str | Path | dict, overrides: list[str] | tuple[str, ..
         config = config.model_copy(update={"overwrite": overwrite})
     jobs = build_plan(config)
     for job in jobs:  # a missing model fails before any work, with the places tried
-        locate(job.spec.model_name, job.spec.revision)
+        check_model(job.modality, job.backend, job.spec)
     with run_log(Path(config.dataset_path) / config.log_dir, config) as log_file:
         for note in translation_notes(config):
             log.info("config translated: %s", note)
         device = resolve_device(config.device, config.device_fallback_to_cpu)
         log.info("device: %s; %d job(s)", device, len(jobs))
-        tables: dict[str, tuple[TextTable, Scan]] = {}
+        sources: dict[str, tuple[Source, Any]] = {}
         results = []
         for job in jobs:
-            if job.source_key not in tables:
-                table = TextTable(job.input_path, job.settings, job.source, job.source_key)
-                tables[job.source_key] = (table, table.scan())
-            table, scan = tables[job.source_key]
-            results.append(run_job(job, table, scan, device, config, progress))
+            if job.source_key not in sources:  # scanned once, shared by every model of the source
+                source = open_source(job)
+                sources[job.source_key] = (source, source.scan())
+            source, scan = sources[job.source_key]
+            results.append(run_job(job, source, scan, device, config, progress))
         return RunResult(results, log_file)
 
 
-def run_job(job: Job, table: TextTable, scan: Scan, device: str, config: Config, progress: bool) -> JobResult:
+def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, progress: bool) -> JobResult:
     started = time.perf_counter()
     log.info("%s: %s (%s) on %s -> %s", job.key, job.spec.model_name, job.backend, job.input_path, job.output_dir)
     extractor = build_extractor(job.modality, job.backend, job.spec, device)
     log.info("%s: model loaded from %s", job.key, extractor.describe()["model"])
-    input_sha = _input_sha256(job)
+    input_sha = source.fingerprint(scan)
     writers = {layer.folder: open_writer(job.format, job.output_dir / layer.folder, _fingerprint(job, layer),
                                          input_sha, config.overwrite, job.source == "interactions")
                for layer in extractor.layers}
@@ -98,7 +97,8 @@ def run_job(job: Job, table: TextTable, scan: Scan, device: str, config: Config,
     sink = WriteQueue()
     bar = tqdm(total=scan.kept, desc=job.key, unit="rec", disable=not progress, dynamic_ncols=True)
     try:
-        for event in prefetch(_events(job, table, scan, extractor, writers)):
+        events = _events(job, source, scan, extractor, writers, auto_workers(config.workers))
+        for event in prefetch(events):
             kind = event[0]
             if kind == "skip":
                 _report(result, event[1], config)
@@ -107,8 +107,9 @@ def run_job(job: Job, table: TextTable, scan: Scan, device: str, config: Config,
                 result.resumed += event[1]
                 bar.update(event[1])
             elif kind == "batch":
-                _, chunk_index, records, positions, prepared = event
-                _extract(job, extractor, writers, sink, result, config, chunk_index, records, positions, prepared)
+                _, chunk_index, records, positions, items, prepared = event
+                _extract(job, extractor, writers, sink, result, config, chunk_index, records, positions, items,
+                         prepared)
                 bar.update(len(records))
             else:  # end of a chunk
                 for writer in writers.values():
@@ -130,20 +131,19 @@ def run_job(job: Job, table: TextTable, scan: Scan, device: str, config: Config,
     return result
 
 
-def _events(job: Job, table: TextTable, scan: Scan, extractor: Extractor,
-            writers: dict[str, LayerWriter]) -> Iterator[tuple[Any, ...]]:
-    """Runs in the prefetch thread: read, clean, chunk, sort by length, batch and prepare (tokenise)."""
-    def candidates() -> Iterator[Record]:
-        for record in table.records(scan):
-            text = clear_text(record.payload) if job.spec.clear_text else record.payload
-            if not text.strip() and job.settings.empty_text == "skip":
-                skipped.append(Skip(record.key.label, record.origin,
-                                    "empty text" + (" after clear_text" if record.payload.strip() else "")))
-                continue
-            yield Record(record.key, record.origin, text)
-
+def _events(job: Job, source: Source, scan: Any, extractor: Extractor, writers: dict[str, LayerWriter],
+            workers: int) -> Iterator[tuple[Any, ...]]:
+    """Runs in the prefetch thread: read, chunk, sort by size, load (worker processes) and prepare each batch."""
     skipped: list[Skip] = []
-    for chunk_index, chunk in enumerate(chunked(candidates(), CHUNK)):
+
+    def records() -> Iterator[Record]:
+        for entry in source.records(scan, job.spec):
+            if isinstance(entry, Skip):
+                skipped.append(entry)
+            else:
+                yield entry
+
+    for chunk_index, chunk in enumerate(chunked(records(), CHUNK)):
         yield from (("skip", s) for s in skipped)
         skipped.clear()
         keys = [r.key for r in chunk]
@@ -151,30 +151,39 @@ def _events(job: Job, table: TextTable, scan: Scan, extractor: Extractor,
             yield ("done", len(chunk))
             continue
         order = sorted(range(len(chunk)), key=lambda i: -extractor.sort_key(chunk[i].payload))
-        for start in range(0, len(order), job.spec.batch_size):
-            positions = order[start:start + job.spec.batch_size]
-            records = [chunk[i] for i in positions]
+        batches = [order[start:start + job.spec.batch_size] for start in range(0, len(order), job.spec.batch_size)]
+        payloads = [r.payload for r in chunk]
+        for batch, loaded in zip(batches, load_batches(extractor.loader, payloads, batches, workers)):
+            good = [n for n, item in enumerate(loaded) if not isinstance(item, Failed)]
+            for n in range(len(batch)):
+                if isinstance(loaded[n], Failed):
+                    record = chunk[batch[n]]
+                    yield ("skip", Skip(record.key.label, record.origin, loaded[n].reason))
+            if not good:
+                continue
+            positions = [batch[n] for n in good]
+            items = [loaded[n] for n in good]
             try:
-                prepared: Any = extractor.prepare([r.payload for r in records])
+                prepared: Any = extractor.prepare(items)
             except Exception as error:  # isolated record by record in the main thread
                 prepared = error
-            yield ("batch", chunk_index, records, positions, prepared)
+            yield ("batch", chunk_index, [chunk[i] for i in positions], positions, items, prepared)
         yield ("end", chunk_index, len(chunk))
     yield from (("skip", s) for s in skipped)
 
 
 def _extract(job: Job, extractor: Extractor, writers: dict[str, LayerWriter], sink: WriteQueue,
              result: JobResult, config: Config, chunk_index: int, records: list[Record], positions: list[int],
-             prepared: Any) -> None:
+             items: list[Any], prepared: Any) -> None:
     """One forward for the batch; on an error each record is retried alone so one bad record costs only itself."""
     outputs = _forward(extractor, prepared)
     if isinstance(outputs, Exception):
         if len(records) == 1:
-            _report(result, Skip(records[0].key.label, records[0].origin, _reason(outputs)), config)
+            _report(result, Skip(records[0].key.label, records[0].origin, reason_of(outputs)), config)
             return
-        for record, position in zip(records, positions):
-            _extract(job, extractor, writers, sink, result, config, chunk_index, [record], [position],
-                     _prepare_one(extractor, record))
+        for record, position, item in zip(records, positions, items):
+            _extract(job, extractor, writers, sink, result, config, chunk_index, [record], [position], [item],
+                     _prepare_one(extractor, item))
         return
     keep = [i for i in range(len(records)) if _finite(outputs, i, records[i], result, config)]
     for folder, arrays in outputs.items():
@@ -193,9 +202,9 @@ def _forward(extractor: Extractor, prepared: Any) -> Any:
         return error
 
 
-def _prepare_one(extractor: Extractor, record: Record) -> Any:
+def _prepare_one(extractor: Extractor, item: Any) -> Any:
     try:
-        return extractor.prepare([record.payload])
+        return extractor.prepare([item])
     except Exception as error:
         return error
 
@@ -211,10 +220,6 @@ def _finite(outputs: dict[str, Any], index: int, record: Record, result: JobResu
 def _normalized(array: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(array, axis=-1, keepdims=True)
     return (array / np.maximum(norm, 1e-12)).astype(np.float32)
-
-
-def _reason(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
 
 
 def _report(result: JobResult, skip: Skip, config: Config) -> None:
@@ -233,14 +238,6 @@ def _fingerprint(job: Job, layer: Layer) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _input_sha256(job: Job) -> str:
-    digest = hashlib.sha256()
-    with job.input_path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest(job: Job, layer: Layer, writer: LayerWriter, extractor: Extractor, config: Config,
               input_sha: str, device: str, status: str, count: int, failures: int = 0) -> dict[str, Any]:
     return {
@@ -256,8 +253,9 @@ def _manifest(job: Job, layer: Layer, writer: LayerWriter, extractor: Extractor,
         "computed_layer": layer.name,
         "pooling": layer.pooling,
         "normalize": job.spec.normalize,
-        "preprocessing": {"clear_text": job.spec.clear_text, "empty_text": job.settings.empty_text,
-                          "duplicate_ids": job.settings.duplicate_ids, "text_column": job.settings.text_column},
+        "preprocessing": _preprocessing(job, extractor),
+        "source_settings": job.settings.model_dump(exclude={"model"}),
+        "model_settings": job.spec.model_dump(),
         "dtype": "float32",
         "shape": writer.shape_label(),
         "count": count,
@@ -274,11 +272,20 @@ def _manifest(job: Job, layer: Layer, writer: LayerWriter, extractor: Extractor,
     }
 
 
+def _preprocessing(job: Job, extractor: Extractor) -> dict[str, Any]:
+    described = dict(extractor.describe().get("preprocessing", {}))
+    if job.modality == "textual":
+        described = {"clear_text": job.spec.clear_text, "empty_text": job.settings.empty_text,
+                     "duplicate_ids": job.settings.duplicate_ids, "text_column": job.settings.text_column, **described}
+    return described
+
+
 def library_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for name in ("torch", "transformers", "sentence-transformers", "tokenizers", "numpy"):
+    for name in ("torch", "torchvision", "torchaudio", "transformers", "sentence-transformers", "tokenizers",
+                 "pillow", "soundfile", "soxr", "numpy"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,9 +23,11 @@ class Extractor(Protocol):
     """Built once per model; `prepare` runs off the main thread, `forward` gives every layer in one pass."""
 
     layers: tuple[Layer, ...]
+    loader: Callable[[Any], Any] | None
+    """Per record, in worker processes: decode and preprocess a payload (a file path); None for texts."""
 
     def prepare(self, payloads: Sequence[Any]) -> Any:
-        """Turn raw payloads (texts, decoded images...) into a model-ready batch; thread/process safe."""
+        """Turn payloads (texts) or loaded records (preprocessed images...) into a model-ready batch."""
 
     def forward(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
         """Return, per layer folder, one float32 array per record with the feature's own shape."""

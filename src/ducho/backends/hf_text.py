@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config.schema import ModelSpec
+from ..config.schema import TextModelSpec
 from ..device import autocast
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
@@ -43,7 +43,7 @@ def model_class(task: str | None) -> Any:
     raise bad_value("task", task, accepted + ["AutoModel...class name"])
 
 
-def parse_layers(spec: ModelSpec, num_hidden: int | None) -> tuple[Layer, ...]:
+def parse_layers(spec: TextModelSpec, num_hidden: int | None) -> tuple[Layer, ...]:
     """Resolve the config's layer names; a bare integer is the 1.0 spelling for the pooled output."""
     pooling = spec.pooling or DEFAULT_POOLING
     layers = []
@@ -71,7 +71,9 @@ def parse_layers(spec: ModelSpec, num_hidden: int | None) -> tuple[Layer, ...]:
 class TransformersText:
     """A Hugging Face text model; one forward gives every requested layer."""
 
-    def __init__(self, spec: ModelSpec, device: str) -> None:
+    loader = None  # texts are tokenised per batch in `prepare`
+
+    def __init__(self, spec: TextModelSpec, device: str) -> None:
         from transformers import AutoTokenizer
 
         self.spec = spec

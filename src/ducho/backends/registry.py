@@ -35,6 +35,20 @@ def extractor_class(modality: str, backend: str) -> Callable[..., Extractor]:
     return getattr(importlib.import_module(module), name)
 
 
+def check_model(modality: str, backend: str, spec: ModelSpec) -> str:
+    """Where the model will load from; ModelNotFoundError (with the places tried) when it cannot be loaded."""
+    check = getattr(extractor_class(modality, backend), "check", None)
+    if check is not None:
+        return check(spec)
+    from ..model_store import locate
+
+    where = locate(spec.model_name, spec.revision)
+    for extra in ("tokenizer_name", "image_processor_name", "feature_extractor_name"):
+        if getattr(spec, extra, None):
+            locate(getattr(spec, extra))
+    return f"{where.origin}: {where.target}"
+
+
 def build_extractor(modality: str, backend: str, spec: ModelSpec, device: str) -> Extractor:
     """Build the extractor for one model (done once per job)."""
     return extractor_class(modality, backend)(spec, device)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config.schema import ModelSpec
+from ..config.schema import TextModelSpec
 from ..device import autocast
 from ..model_store import locate
 from .base import Layer
@@ -22,7 +22,7 @@ SENTENCE = "sentence_embedding"
 TOKENS = "token_embeddings"
 
 
-def parse_layers(spec: ModelSpec) -> tuple[Layer, ...]:
+def parse_layers(spec: TextModelSpec) -> tuple[Layer, ...]:
     """`sentence_embedding` (default) or `token_embeddings`; any other name (the reference demos wrote `1`
     or `out`) names the output folder of the sentence embedding."""
     layers = []
@@ -39,7 +39,9 @@ def parse_layers(spec: ModelSpec) -> tuple[Layer, ...]:
 class SentenceTransformersText:
     """A SentenceTransformer; `prepare` is its `preprocess`, `forward` its module chain, as in `encode`."""
 
-    def __init__(self, spec: ModelSpec, device: str) -> None:
+    loader = None  # texts are tokenised per batch in `prepare`
+
+    def __init__(self, spec: TextModelSpec, device: str) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.spec = spec

@@ -11,11 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
-Pooling = Literal["mean", "cls", "max", "none"]
+Pooling = Literal["mean", "avg", "cls", "max", "none"]
 OutputFormat = Literal["npy", "matrix"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 EmptyTextPolicy = Literal["skip", "encode"]
 DuplicatePolicy = Literal["first", "last", "skip_all"]
+ImageScaling = Literal["zscore", "minmax"]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -28,20 +29,17 @@ class Settings(BaseModel):
 
 
 class ModelSpec(Settings):
-    """One pre-trained model of a source, with the layers to extract from it."""
+    """One pre-trained model of a source, with the layers to extract from it (keys every modality shares)."""
 
     model_name: str = Field(min_length=1, description="Hub id, local folder or file, or a library class name.")
     backend: str | None = Field(None, description="Registered backend; chosen from the model when left out.")
     output_layers: list[str] = Field(default_factory=list,
                                      description="Layers to extract; the backend's default when empty.")
-    pooling: Pooling | None = Field(None, description="How token or time steps are pooled; backend default if unset.")
+    pooling: Pooling | None = Field(None, description="How tokens, time steps or positions are pooled.")
     batch_size: PositiveInt = 32
-    clear_text: bool = Field(False, description="Drop punctuation, digits, symbols; keep letters of every script.")
     task: str | None = Field(None, description="Model variant, e.g. 'sentiment-analysis' or an Auto class name.")
-    tokenizer_name: str | None = None
     revision: str | None = None
     normalize: bool = Field(False, description="L2-normalise every written vector.")
-    max_length: PositiveInt | None = Field(None, description="Token limit; the model's own maximum when unset.")
     precision: Precision = Field("auto", description="auto: fp16 autocast on CUDA, fp32 elsewhere.")
     trust_remote_code: bool = False
 
@@ -57,12 +55,45 @@ class ModelSpec(Settings):
         return value
 
 
+class TextModelSpec(ModelSpec):
+    """A text model: tokenizer and cleaning settings."""
+
+    clear_text: bool = Field(False, description="Drop punctuation, digits, symbols; keep letters of every script.")
+    tokenizer_name: str | None = None
+    max_length: PositiveInt | None = Field(None, description="Token limit; the model's own maximum when unset.")
+
+
+class VisualModelSpec(ModelSpec):
+    """An image model: weights and preprocessing (the model's own unless reshape/preprocessing are given)."""
+
+    weights: str | None = Field(None, description="torch: DEFAULT (when unset), none, a weights enum name, or a "
+                                                  "local state-dict file.")
+    reshape: tuple[PositiveInt, PositiveInt] | None = Field(None, description="[width, height] to resize to.")
+    preprocessing: ImageScaling | None = Field(None, description="zscore (with mean/std) or minmax to [0, 1].")
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    image_processor_name: str | None = Field(None, description="transformers: another hub id for the processor.")
+
+
+class AudioModelSpec(ModelSpec):
+    """An audio model: how waveforms are read, resampled and cut into windows."""
+
+    weights: str | None = Field(None, description="torch: DEFAULT (when unset), none, or a local state-dict file.")
+    sample_rate: PositiveInt | None = Field(None, description="Resample to this rate; the model's own when unset.")
+    mono: bool = True
+    offset: float = Field(0.0, ge=0, description="Seconds skipped at the start of every file.")
+    max_seconds: float | None = Field(None, gt=0, description="Read at most this many seconds of every file.")
+    window_seconds: float | None = Field(None, gt=0, description="Long audio is cut into windows of this length.")
+    hop_seconds: float | None = Field(None, gt=0, description="Step between windows; window_seconds when unset.")
+    feature_extractor_name: str | None = Field(None, description="transformers: another hub id for the processor.")
+
+
 class TextualSource(Settings):
     """A TSV of texts: item descriptions (items) or reviews (interactions)."""
 
     input_path: str
     output_path: str
-    model: list[ModelSpec] = Field(min_length=1)
+    model: list[TextModelSpec] = Field(min_length=1)
     item_column: str | None = Field(None, description="Item id column; the first (items) or second column by default.")
     user_column: str | None = Field(None, description="Interactions: user id column; the first column by default.")
     text_column: str | list[str] | None = Field(None, description="Text column(s); the last column by default.")
@@ -76,6 +107,38 @@ class TextualModality(Settings):
     interactions: TextualSource | None = None
 
 
+class MediaSource(Settings):
+    """A folder of files (items), or a folder plus a TSV mapping each file to a user and an item (interactions)."""
+
+    input_path: str = Field(description="Folder of files.")
+    output_path: str
+    recursive: bool = Field(False, description="Include files in sub-folders (the id keeps the sub-folder).")
+    mapping_path: str | None = Field(None, description="Interactions: TSV with a file name, a user and an item.")
+    file_column: str | None = Field(None, description="Mapping: file name column; the first by default.")
+    user_column: str | None = Field(None, description="Mapping: user id column; the second by default.")
+    item_column: str | None = Field(None, description="Mapping: item id column; the third by default.")
+    duplicate_ids: DuplicatePolicy = "first"
+    format: OutputFormat | None = Field(None, description="Overrides the top-level format for this source.")
+
+
+class VisualSource(MediaSource):
+    model: list[VisualModelSpec] = Field(min_length=1)
+
+
+class AudioSource(MediaSource):
+    model: list[AudioModelSpec] = Field(min_length=1)
+
+
+class VisualModality(Settings):
+    items: VisualSource | None = None
+    interactions: VisualSource | None = None
+
+
+class AudioModality(Settings):
+    items: AudioSource | None = None
+    interactions: AudioSource | None = None
+
+
 class Config(Settings):
     """A whole Ducho run."""
 
@@ -86,9 +149,11 @@ class Config(Settings):
     strict: bool = Field(False, description="Stop at the first skipped record instead of reporting it.")
     overwrite: bool = False
     log_dir: str = Field("logs", description="Run logs and resolved configs, relative to dataset_path.")
+    workers: int | None = Field(None, ge=0, description="Processes that decode and preprocess files while the "
+                                                        "model runs; 0 decodes in a thread; auto when unset.")
     textual: TextualModality | None = None
-    visual: dict | None = None
-    audio: dict | None = None
+    visual: VisualModality | None = None
+    audio: AudioModality | None = None
     visual_textual: dict | None = None
 
     @field_validator("device")

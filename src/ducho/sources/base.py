@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..ids import RecordKey
 
@@ -24,3 +25,16 @@ class Skip:
     label: str
     origin: str
     reason: str
+
+
+class Source(Protocol):
+    """A Dataset: `scan` once per source decides what is extracted; `records` streams it for one model."""
+
+    def scan(self) -> Any:
+        """List what will be extracted (and the skips); cheap, no decoding."""
+
+    def records(self, scan: Any, spec: Any) -> Iterator[Record | Skip]:
+        """The records of `scan` in a stable order, prepared as `spec` asks (e.g. text cleaning)."""
+
+    def fingerprint(self, scan: Any) -> str:
+        """Changes whenever the input changes; a complete output of another fingerprint is redone."""

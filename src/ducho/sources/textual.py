@@ -8,14 +8,16 @@ streams the kept rows.
 from __future__ import annotations
 
 import csv
+import hashlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.schema import TextualSource
+from ..config.schema import TextModelSpec, TextualSource
 from ..errors import ConfigError, DuchoError, did_you_mean
 from ..ids import RecordKey
+from ..preprocess.text import clear_text
 from .base import Record, Skip
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -146,13 +148,27 @@ class TextTable:
                 reason += ", kept one)" if winner is not None else ", none kept)"
                 result.skipped.append(Skip(key.label, self._origin(index), reason))
 
-    def records(self, scan: Scan) -> Iterator[Record]:
-        """Second pass: the kept rows, in file order, with their text (several text columns joined by a space)."""
+    def records(self, scan: Scan, spec: TextModelSpec) -> Iterator[Record | Skip]:
+        """Second pass: the kept rows in file order, their text (several text columns joined by a space) cleaned
+        as `spec` asks; an empty text is a Skip unless `empty_text: encode`."""
         for index, row in enumerate(self._rows()):
             if not scan.keep[index]:
                 continue
-            text = " ".join(row[i].strip() for i in self.columns.text if row[i].strip())
-            yield Record(self._key(row), self._origin(index), text)
+            raw = " ".join(row[i].strip() for i in self.columns.text if row[i].strip())
+            text = clear_text(raw) if spec.clear_text else raw
+            key = self._key(row)
+            if not text.strip() and self.settings.empty_text == "skip":
+                yield Skip(key.label, self._origin(index), "empty text" + (" after clear_text" if raw else ""))
+            else:
+                yield Record(key, self._origin(index), text)
+
+    def fingerprint(self, scan: Scan) -> str:
+        """sha256 of the TSV file."""
+        digest = hashlib.sha256()
+        with self.path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def _origin(self, index: int) -> str:
         return f"{self.path.name}: row {index + 1}"
