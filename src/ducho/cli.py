@@ -1,4 +1,4 @@
-"""`ducho` command line: run, validate, demo. Heavy libraries load only inside the commands that need them."""
+"""`ducho` command line: run, validate, layers, demo. Heavy libraries load only inside the commands that need them."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check config, paths, columns and models without extracting")
     validate.add_argument("config")
     validate.add_argument("overrides", nargs="*")
+
+    layers = commands.add_parser("layers", help="list a model's extractable layers and their output shapes")
+    layers.add_argument("model", help="model name, hub id, folder or module:callable")
+    layers.add_argument("--backend", help="backend (default: chosen from the model as in a config)")
+    layers.add_argument("--modality", default="visual", choices=["visual", "audio", "textual"])
+    layers.add_argument("--weights", default="none",
+                        help="torch weights to build with (default none: shapes do not depend on weights)")
 
     demo = commands.add_parser("demo", help="run the bundled demo with the packaged offline models")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's data copy and features")
@@ -82,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .inspect import validate
 
             print(validate(args.config, args.overrides))
+            return 0
+        if args.command == "layers":
+            from .inspect import list_layers
+
+            print(list_layers(args.model, args.modality, args.backend, args.weights))
             return 0
         if args.command == "demo":
             from .demo.main import main as demo_main

@@ -58,3 +58,23 @@ def validate(config_path: str | Path, overrides: list[str] | tuple[str, ...] = (
         lines[0] = "config has problems"
         raise DuchoError("\n".join(lines + ["problems:"] + problems))
     return "\n".join(lines)
+
+
+def list_layers(model: str, modality: str = "visual", backend: str | None = None, weights: str | None = "none") -> str:
+    """Every extractable layer of a model with its per-record output shape (one forward of a blank input)."""
+    from .backends.registry import build_extractor, check_backend
+    from .config.schema import AudioModelSpec, TextModelSpec, VisualModelSpec
+    from .plan import default_backend
+
+    backend = backend or default_backend(modality, model)
+    check_backend(modality, backend, "--backend")
+    spec_class = {"visual": VisualModelSpec, "audio": AudioModelSpec, "textual": TextModelSpec}[modality]
+    options = {"weights": weights} if backend == "torch" and weights else {}
+    extractor = build_extractor(modality, backend, spec_class(model_name=model, **options), "cpu")
+    if not hasattr(extractor, "layer_shapes"):
+        raise DuchoError(f"{backend} ({modality}) does not list layers; see its documentation for layer names")
+    shapes = extractor.layer_shapes()
+    width = max(len(name) for name in shapes)
+    lines = [f"{model} [{backend}]: {len(shapes)} layers (name, output shape per record)"]
+    lines += [f"  {name:<{width}}  {tuple(shape) if shape else '(not a tensor)'}" for name, shape in shapes.items()]
+    return "\n".join(lines)

@@ -54,7 +54,10 @@ def default_backend(modality: str, name: str) -> str:
                 or f"sentence-transformers/{name}".lower() in PACKAGED:
             return "sentence_transformers"
         return "transformers"
-    return backends_for(modality)[0]
+    folder = Path(name).expanduser()
+    if (folder / "config.json").is_file() or ("/" in name and not folder.exists() and ":" not in name):
+        return "transformers"  # a Hugging Face folder or hub id
+    return "torch"  # a torchvision / torchaudio name, a packaged model, a user's module:callable
 
 
 def build_plan(config: Config) -> list[Job]:

@@ -125,9 +125,10 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
     write_failures(job.output_dir / "failures.tsv", [(s.label, s.origin, s.reason) for s in result.skipped])
     result.seconds = time.perf_counter() - started
     rate = result.extracted / result.seconds if result.seconds else 0.0
-    log.info("%s: %d extracted, %d already done, %d skipped (failures.tsv), %.1f rec/s; truncated texts: %s",
-             job.key, result.extracted, result.resumed, len(result.skipped), rate,
-             extractor.describe().get("truncated_texts", "n/a"))
+    truncated = extractor.describe().get("truncated_texts")
+    log.info("%s: %d extracted, %d already done, %d skipped (failures.tsv), %.1f rec/s%s", job.key,
+             result.extracted, result.resumed, len(result.skipped), rate,
+             f"; truncated texts: {truncated}" if truncated is not None else "")
     return result
 
 

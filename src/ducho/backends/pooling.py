@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-POOLINGS = ("mean", "cls", "max", "none")
+POOLINGS = ("mean", "avg", "cls", "max", "none")  # avg is mean (the reference spelling for images)
 
 
 def pool(steps: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor | list[torch.Tensor]:
@@ -20,11 +20,23 @@ def pool(steps: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor | li
         first = mask.long().argmax(dim=1)  # the first valid step (left or right padding alike)
         return steps[torch.arange(steps.shape[0], device=steps.device), first]
     weights = mask.to(steps.dtype).unsqueeze(-1)
-    if how == "mean":
+    if how in ("mean", "avg"):
         return (steps * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     if how == "max":
         return steps.masked_fill(weights == 0, torch.finfo(steps.dtype).min).amax(dim=1)
     raise ValueError(f"pooling {how!r} is not one of {', '.join(POOLINGS)}")
+
+
+def pool_spatial(maps: torch.Tensor, how: str) -> torch.Tensor:
+    """Reduce a (batch, C, H, W) feature map: mean/avg or max over H and W; `none` keeps it, except that a 1x1
+    map (a global pooling layer's output) becomes a (batch, C) vector."""
+    if how in ("mean", "avg"):
+        return maps.mean(dim=(2, 3))
+    if how == "max":
+        return maps.amax(dim=(2, 3))
+    if how == "none":
+        return maps.flatten(1) if maps.shape[2:] == (1, 1) else maps
+    raise ValueError(f"pooling {how!r} of a feature map must be avg, mean, max or none")
 
 
 def to_numpy(value: torch.Tensor | list[torch.Tensor]) -> np.ndarray | list[np.ndarray]:

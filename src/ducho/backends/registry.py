@@ -17,6 +17,14 @@ REGISTRY: dict[str, dict[str, str]] = {
         "transformers": "ducho.backends.hf_text:TransformersText",
         "sentence_transformers": "ducho.backends.sentence_transformers:SentenceTransformersText",
     },
+    "visual": {
+        "torch": "ducho.backends.torch_vision:TorchVision",
+        "transformers": "ducho.backends.hf_vision:TransformersVision",
+    },
+    "audio": {
+        "torch": "ducho.backends.torch_audio:TorchAudio",
+        "transformers": "ducho.backends.hf_audio:TransformersAudio",
+    },
 }
 
 

