@@ -132,19 +132,24 @@ def _user_callable(spec: VisualModelSpec) -> Built:
     return Built(model, ImagePipeline(), info)
 
 
+def _refuse_untrusted_file(spec: VisualModelSpec) -> None:
+    """A whole pickled model file (what the reference releases saved) runs code from the file when unpickled:
+    refused unless `trust_remote_code: true`; a state dict alone does not say which architecture to build."""
+    if spec.trust_remote_code:
+        return
+    try:
+        common.read_state_dict(spec.model_name)
+    except ConfigError:
+        raise ConfigError(f"model_name {spec.model_name!r} is a pickled model: loading it runs code from the "
+                          "file. Set trust_remote_code: true if you trust it, or save model.state_dict() and "
+                          "use model_name: <architecture>, weights: <file>") from None
+    raise ConfigError(f"model_name {spec.model_name!r} holds only weights (a state dict); name the "
+                      "architecture instead: model_name: <torchvision name or module:callable>, weights: <file>")
+
+
 def _user_file(spec: VisualModelSpec) -> Built:
-    """A whole pickled model file (what the reference releases saved): unpickling runs code from the file, so it
-    is loaded only with `trust_remote_code: true`."""
+    _refuse_untrusted_file(spec)
     path = Path(spec.model_name).expanduser()
-    if not spec.trust_remote_code:
-        try:
-            common.read_state_dict(path)
-        except ConfigError:
-            raise ConfigError(f"model_name {spec.model_name!r} is a pickled model: loading it runs code from the "
-                              "file. Set trust_remote_code: true if you trust it, or save model.state_dict() and "
-                              "use model_name: <architecture>, weights: <file>") from None
-        raise ConfigError(f"model_name {spec.model_name!r} holds only weights (a state dict); name the "
-                          "architecture instead: model_name: <torchvision name or module:callable>, weights: <file>")
     model = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model_name {spec.model_name!r} holds a {type(model).__name__}, not an nn.Module")
@@ -174,7 +179,10 @@ def check(spec: VisualModelSpec) -> str:
     name = spec.model_name
     if name.lower() in PACKAGED:
         return f"packaged: {name.lower()}"
-    if common.is_user_callable(name) or Path(name).expanduser().is_file():
+    if Path(name).expanduser().is_file():
+        _refuse_untrusted_file(spec)
+        return f"user model file: {name}"
+    if common.is_user_callable(name):
         return f"user model: {name}"
     if name.lower() not in builders():
         build(spec)  # raises the not-found message
