@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the bundled demo with the packaged offline models")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's data copy and features")
+    demo.add_argument("--only", type=int, action="append", choices=[1, 2, 3],
+                      help="run only this demo (1 visual+text, 2 audio+text, 3 text items+reviews); repeatable")
     return parser
 
 
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo.main import main as demo_main
 
-            return demo_main(args.output)
+            return demo_main(args.output, args.only)
     except DuchoError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""`ducho demo`: copy the bundled data, extract it, and print nearest neighbours so the features can be judged."""
+"""`ducho demo`: the paper's three demos on bundled data with offline models; for every extracted vector layer,
+each record's nearest neighbour is printed so the features can be judged by eye."""
 
 from __future__ import annotations
 
@@ -8,49 +9,58 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runner import run
+from ..runner import JobResult, run
 
 HERE = Path(__file__).parent
+# demo number -> (config, the TSV describing its items, what it shows)
+DEMOS = {
+    1: ("demo1.yml", "data/visual/items.tsv", "fashion: visual + textual item features (photos)"),
+    2: ("demo2.yml", "data/audio/items.tsv", "music: audio + textual item features (clips)"),
+    3: ("demo3.yml", "data/textual/items.tsv", "reviews: textual item and interaction features"),
+}
 
 
-def main(output: str | Path = "demo-output") -> int:
+def main(output: str | Path = "demo-output", only: list[int] | None = None) -> int:
     root = Path(output).resolve()
-    shutil.copytree(HERE / "data", root / "data", dirs_exist_ok=True)
-    result = run(HERE / "config.yml", [f"dataset_path={root}"], progress=True)
-    print("\nwritten:")
-    for job in result.jobs:
-        for folder, count in job.counts.items():
-            print(f"  {job.output_dir / folder}: {count} files, {len(job.skipped)} skipped")
-    items_dir = result.jobs[0].output_dir / "sentence_embedding"
-    reviews_dir = result.jobs[1].output_dir / "sentence_embedding"
-    print_neighbours(root / "data" / "textual" / "items.tsv", items_dir, reviews_dir)
-    print(f"\nlog: {result.log_file}")
+    shutil.copytree(HERE / "data", root / "data", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.py", "README.md"))
+    for number in only or sorted(DEMOS):
+        config, described, title = DEMOS[number]
+        print(f"\n=== demo {number}: {title} ===")
+        result = run(HERE / config, [f"dataset_path={root}"], progress=True)
+        texts = descriptions(root / described)
+        for job in result.jobs:
+            print_job(job, texts)
+        print(f"log: {result.log_file}")
     return 0
 
 
-def print_neighbours(items_tsv: Path, items_dir: Path, reviews_dir: Path) -> None:
-    """Per item: the most similar other item, and the review (any item's) closest to its description."""
-    with items_tsv.open(encoding="utf-8", newline="") as handle:
-        texts = {row["item_id"]: row["description"] for row in csv.DictReader(handle, delimiter="\t")}
-    ids = sorted(p.stem for p in items_dir.glob("*.npy"))
-    vectors = _unit(np.stack([np.load(items_dir / f"{i}.npy") for i in ids]))
-    review_ids = sorted(p.stem for p in reviews_dir.glob("*.npy"))
-    reviews = _unit(np.stack([np.load(reviews_dir / f"{r}.npy") for r in review_ids]))
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -1.0)
-    to_reviews = vectors @ reviews.T
-    print("\nnearest neighbours (cosine of MiniLM description embeddings):")
-    for row, item in enumerate(ids):
-        best = int(similarity[row].argmax())
-        review = review_ids[int(to_reviews[row].argmax())]
-        print(f"  {item} {_short(texts.get(item, ''))!r}\n"
-              f"      -> {ids[best]} ({similarity[row, best]:.2f}) {_short(texts.get(ids[best], ''))!r}; "
-              f"closest review: {review}")
+def descriptions(path: Path) -> dict[str, str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    return {row[0]: row[-1] for row in rows[1:] if row}
 
 
-def _unit(matrix: np.ndarray) -> np.ndarray:
+def print_job(job: JobResult, texts: dict[str, str]) -> None:
+    for folder, count in job.counts.items():
+        layer = job.output_dir / folder
+        print(f"\n{job.key}: {job.model} / {folder}: {count} files, {len(job.skipped)} skipped -> {layer}")
+        ids = sorted(p.stem for p in layer.glob("*.npy"))
+        vectors = [np.load(layer / f"{i}.npy") for i in ids]
+        if len(ids) < 2 or vectors[0].ndim != 1:
+            continue
+        matrix = unit(np.stack(vectors))
+        similarity = matrix @ matrix.T
+        np.fill_diagonal(similarity, -np.inf)
+        print("  nearest neighbour (cosine):")
+        for row, record in enumerate(ids):
+            best = int(similarity[row].argmax())
+            print(f"  {record:<22} -> {ids[best]:<22} {similarity[row, best]:.2f}  {short(texts.get(ids[best], ''))}")
+
+
+def unit(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
-def _short(text: str, width: int = 60) -> str:
+def short(text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
