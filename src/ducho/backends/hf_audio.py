@@ -1,0 +1,174 @@
+"""Transformers audio backend: an AutoModel audio encoder (wav2vec2, HuBERT, WavLM, AST, Whisper's encoder, CLAP's
+audio tower...) with its feature extractor, from a hub id or a folder.
+
+Each window goes through the feature extractor alone (Whisper's is padded to 30 s, AST's to its `max_length`),
+windows with equal input shapes are stacked, and frames beyond a window's audio (Whisper's padding) are left out of
+pooling through the attention mask mapped to the encoder's frames. Layers: `last_hidden_state`, `hidden_states.N`
+(frames, pooled over time) and `pooler_output` (a vector per window, averaged over windows by window length).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config.schema import AudioModelSpec
+from ..device import autocast
+from ..errors import ConfigError, bad_value
+from ..model_store import locate
+from .audio_common import (
+    AudioLoader,
+    audio_pooling,
+    channels_first_frames,
+    dummy_wave,
+    make_windows,
+    preprocessing,
+    run_windows,
+    windowing,
+)
+from .base import Layer
+from .hf_text import model_class
+
+log = logging.getLogger("ducho")
+
+HIDDEN = re.compile(r"^hidden_states\.(-?\d+)$")
+LAST = "last_hidden_state"
+POOLER = "pooler_output"
+DEFAULT_WINDOW = 10.0
+
+
+def audio_encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The part that encodes audio: Whisper-like encoder-decoders give their encoder, CLAP its audio tower."""
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        return model.get_encoder()
+    if hasattr(model, "audio_model"):
+        return model.audio_model
+    return model
+
+
+def default_window(extractor: Any, sample_rate: int) -> float | None:
+    """Whisper: its 30 s chunk; AST: its `max_length` frames of 10 ms; otherwise 10 s."""
+    if getattr(extractor, "n_samples", None):
+        return extractor.n_samples / sample_rate
+    if getattr(extractor, "nb_max_samples", None):
+        return extractor.nb_max_samples / sample_rate
+    if type(extractor).__name__ == "ASTFeatureExtractor":
+        return extractor.max_length / 100.0
+    return DEFAULT_WINDOW
+
+
+class TransformersAudio:
+    """A Hugging Face audio encoder; one forward per sub-batch of windows gives every requested layer."""
+
+    def __init__(self, spec: AudioModelSpec, device: str) -> None:
+        from transformers import AutoFeatureExtractor
+
+        self.spec = spec
+        self.device = device
+        self.location = locate(spec.model_name, spec.revision)
+        self.fe_location = locate(spec.feature_extractor_name) if spec.feature_extractor_name else self.location
+        trust = spec.trust_remote_code
+        self.extractor = AutoFeatureExtractor.from_pretrained(self.fe_location.target, trust_remote_code=trust,
+                                                              revision=self.fe_location.revision)
+        self.model = model_class(spec.task).from_pretrained(self.location.target, trust_remote_code=trust,
+                                                             revision=self.location.revision)
+        self.model.eval().to(device)
+        self.encoder = audio_encoder(self.model)
+        self.accepted = set(inspect.signature(self.encoder.forward).parameters)
+        self.model_rate = int(self.extractor.sampling_rate)
+        self.sample_rate = spec.sample_rate or self.model_rate
+        if self.sample_rate != self.model_rate:
+            log.warning("%s expects %d Hz audio; reading at sample_rate %d as configured", spec.model_name,
+                        self.model_rate, self.sample_rate)
+        self.layers = self._parse_layers()
+        self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
+        self.windowing = windowing(spec, self.sample_rate, default_window(self.extractor, self.sample_rate))
+        self.loader = AudioLoader(self.sample_rate, mono=True, offset=spec.offset, max_seconds=spec.max_seconds)
+
+    def _parse_layers(self) -> tuple[Layer, ...]:
+        pooling = audio_pooling(self.spec)
+        config = getattr(self.encoder, "config", self.model.config)
+        num_hidden = getattr(config, "num_hidden_layers", None) or getattr(config, "encoder_layers", None)
+        layers = []
+        for folder in self.spec.output_layers or [LAST]:
+            match = HIDDEN.match(folder)
+            if match and num_hidden is not None and not -(num_hidden + 1) <= int(match.group(1)) <= num_hidden:
+                raise ConfigError(f"output_layers: {folder!r} is out of range; the model has {num_hidden + 1} "
+                                  f"hidden states (hidden_states.0 .. hidden_states.{num_hidden}, or negative)")
+            if folder == POOLER:
+                layers.append(Layer(folder, folder))
+            elif match or folder == LAST:
+                layers.append(Layer(folder, folder, pooling))
+            else:
+                raise bad_value("output_layers", folder, [LAST, "hidden_states.N", POOLER], what="layer")
+        return tuple(layers)
+
+    def sort_key(self, payload: Any) -> int:
+        return 0
+
+    def _inputs(self, piece: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The feature extractor on one window; Whisper-style extractors also give the mask of real audio."""
+        options: dict[str, Any] = {"sampling_rate": self.model_rate, "return_tensors": "pt"}
+        if "attention_mask" in self.accepted or hasattr(self.extractor, "n_samples"):
+            options["return_attention_mask"] = True
+        encoded = self.extractor(piece.numpy(), **options)
+        return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+
+    def prepare(self, waves: Sequence[torch.Tensor]) -> dict[str, Any]:
+        waves = [w if w.dim() == 1 else w.mean(dim=0) for w in waves]
+        return {"windows": make_windows(waves, self.windowing, self._inputs), "records": len(waves)}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
+        return run_windows(batch["windows"], batch["records"], self.layers, self.spec.batch_size, self._encode)
+
+    def _encode(self, stacked: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        inputs = {k: v.to(self.device) for k, v in stacked.items() if k in self.accepted}
+        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+            out = self.encoder(**inputs, output_hidden_states=self.need_hidden, return_dict=True)
+        valid = self._valid_frames(stacked)
+        result: dict[str, list[torch.Tensor]] = {}
+        for layer in self.layers:
+            if layer.name == POOLER:
+                if getattr(out, POOLER, None) is None:
+                    raise ConfigError(f"output_layers: {self.spec.model_name} gives no pooler_output")
+                result[layer.name] = list(out.pooler_output.flatten(1))
+                continue
+            match = HIDDEN.match(layer.name)
+            steps = out.hidden_states[int(match.group(1))] if match else out.last_hidden_state
+            if steps.dim() == 4:  # (batch, channels, freq, time) spectrogram-like towers
+                steps = channels_first_frames(steps)
+            result[layer.name] = [s[:n] if n is not None else s for s, n in zip(steps, valid)]
+        return result
+
+    def _valid_frames(self, stacked: dict[str, torch.Tensor]) -> list[int | None]:
+        """Encoder frames holding real audio per window, from the input mask; None when all are real."""
+        mask = stacked.get("attention_mask")
+        lengths = getattr(self.encoder, "_get_feat_extract_output_lengths", None)
+        if mask is None or lengths is None or bool(mask.all()):
+            return [None] * next(iter(stacked.values())).shape[0]
+        out = lengths(mask.sum(dim=-1))
+        return [int(n) for n in out]
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per layer folder, the shape of one record's feature for a 1 s noise clip."""
+        out = self.forward(self.prepare([dummy_wave(self.sample_rate)]))
+        return {folder: tuple(arrays[0].shape) for folder, arrays in out.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.location.describe(),
+            "feature_extractor": self.fe_location.describe() if self.spec.feature_extractor_name else "model's own",
+            "model_class": type(self.model).__name__,
+            "encoder_class": type(self.encoder).__name__,
+            "sample_rate": self.sample_rate,
+            **self.windowing.describe(),
+            "pooling": {layer.folder: layer.pooling for layer in self.layers},
+            "preprocessing": preprocessing(self.spec, self.sample_rate, self.windowing,
+                                           feature_extractor=type(self.extractor).__name__),
+        }
