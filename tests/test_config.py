@@ -201,15 +201,20 @@ def test_single_model_mapping_is_a_list_of_one() -> None:
     assert load_config(raw, ["textual.items.model.0.batch_size=3"]).textual.items.model[0].batch_size == 3
 
 
-def test_plan_refuses_visual_and_unknown_backend() -> None:
-    visual = {"visual": {"items": {"input_path": "i", "output_path": "o", "model": [{"model_name": "ResNet50"}]}}}
-    with pytest.raises(ConfigError, match="visual: this modality is not available in this version"):
-        build_plan(load_config(visual))
+def test_plan_refuses_joint_modality_and_unknown_backend() -> None:
+    joint = {"visual_textual": {"items": {"input_path": "i", "output_path": "o", "model": [{"model_name": "x"}]}}}
+    with pytest.raises(ConfigError, match="visual_textual: this modality is not available in this version"):
+        build_plan(load_config(joint))
     with pytest.raises(ConfigError) as caught:
         build_plan(load_config(base(backend="sentence_transformer")))
     assert str(caught.value) == ("textual.items.model.0.backend: backend for textual 'sentence_transformer' is not "
                                  "accepted; accepted: sentence_transformers, transformers "
                                  "(did you mean 'sentence_transformers'?)")
+    visual = {"visual": {"items": {"input_path": "i", "output_path": "o",
+                                   "model": [{"model_name": "Xception", "backend": "tensorflow"}]}}}
+    with pytest.raises(ConfigError, match="backend for visual 'tensorflow' is not accepted; accepted: torch, "
+                                          "transformers"):
+        build_plan(load_config(visual))
     with pytest.raises(ConfigError, match="names no source"):
         build_plan(load_config({}))
 

@@ -75,9 +75,9 @@ def test_same_setting_in_two_spellings_is_an_error() -> None:
 
 
 def test_plan_refuses_unavailable_modality_and_unknown_backend() -> None:
-    visual = {"visual": {"items": {"input_path": "i", "output_path": "o", "model": [{"model_name": "ResNet50"}]}}}
-    with pytest.raises(ConfigError, match="visual: this modality is not available"):
-        build_plan(load_config(visual))
+    joint = {"visual_textual": {"items": {"input_path": "i", "output_path": "o", "model": [{"model_name": "x"}]}}}
+    with pytest.raises(ConfigError, match="visual_textual: this modality is not available"):
+        build_plan(load_config(joint))
     with pytest.raises(ConfigError, match="did you mean 'sentence_transformers'"):
         build_plan(load_config(base(backend="sentence_transformer")))
 

