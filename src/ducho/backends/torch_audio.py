@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,13 @@ class _Separation(_Model):
         self.modules = dict(self.module.named_modules())
 
     def layer_name(self, folder: str) -> str:
+        if self.demucs and folder.lstrip("-").isdigit():  # 1.0 spelling: a layer index = a frequency-encoder stage
+            stages = len(self.module.freq_encoder)
+            if not -stages <= int(folder) < stages:
+                raise ConfigError(f"output_layers: {folder} is out of range; {self.source['bundle']} has {stages} "
+                                  f"frequency-encoder stages (0 .. {stages - 1}, or negative)")
+            log.info("output_layers %s (a 1.0 layer index) -> freq_encoder.%d", folder, int(folder) % stages)
+            return f"freq_encoder.{int(folder) % stages}"
         if folder not in self.modules or not folder:
             raise ConfigError(f"output_layers: {folder!r} is not a module of {self.source['bundle']}; modules: "
                               f"{', '.join(n for n in list(self.modules)[1:60] if n.count('.') <= 1)}...")
@@ -276,8 +284,9 @@ class _Resemblyzer(_Model):
     default_window = 60.0  # a clip up to a minute is one window: exactly embed_utterance
 
     def __init__(self, weights: str | None) -> None:
-        from resemblyzer import VoiceEncoder
-
+        with warnings.catch_warnings():  # its webrtcvad dependency imports the deprecated pkg_resources
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            from resemblyzer import VoiceEncoder
         self.module = VoiceEncoder("cpu", verbose=False)
         packaged = Path(__import__("resemblyzer").__file__).parent / "pretrained.pt"
         self.source = {"package": "resemblyzer", "weights": f"packaged ({packaged})"}
