@@ -208,12 +208,12 @@ def test_plan_refuses_joint_modality_and_unknown_backend() -> None:
     with pytest.raises(ConfigError) as caught:
         build_plan(load_config(base(backend="sentence_transformer")))
     assert str(caught.value) == ("textual.items.model.0.backend: backend for textual 'sentence_transformer' is not "
-                                 "accepted; accepted: sentence_transformers, transformers "
+                                 "accepted; accepted: handcrafted, sentence_transformers, transformers "
                                  "(did you mean 'sentence_transformers'?)")
     visual = {"visual": {"items": {"input_path": "i", "output_path": "o",
-                                   "model": [{"model_name": "Xception", "backend": "tensorflow"}]}}}
-    with pytest.raises(ConfigError, match="backend for visual 'tensorflow' is not accepted; accepted: torch, "
-                                          "transformers"):
+                                   "model": [{"model_name": "Xception", "backend": "tensorflw"}]}}}
+    with pytest.raises(ConfigError, match="backend for visual 'tensorflw' is not accepted; accepted: handcrafted, "
+                                          "tensorflow, torch, transformers \\(did you mean 'tensorflow'\\?\\)"):
         build_plan(load_config(visual))
     with pytest.raises(ConfigError, match="names no source"):
         build_plan(load_config({}))

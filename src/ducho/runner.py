@@ -28,7 +28,7 @@ from .plan import Job, build_plan
 from .sources import Source, open_source
 from .sources.base import Record, Skip
 from .streams import WriteQueue, chunked, prefetch
-from .writers import LayerWriter, open_writer, write_failures, write_manifest
+from .writers import LayerWriter, atomic_write, open_writer, write_failures, write_manifest
 
 log = logging.getLogger("ducho")
 
@@ -83,6 +83,8 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
     started = time.perf_counter()
     log.info("%s: %s (%s) on %s -> %s", job.key, job.spec.model_name, job.backend, job.input_path, job.output_dir)
     extractor = build_extractor(job.modality, job.backend, job.spec, device)
+    if hasattr(extractor, "fit"):  # fitted on the whole source first (deterministic, so a resume refits the same)
+        extractor.fit(entry.payload for entry in source.records(scan, job.spec) if isinstance(entry, Record))
     load_seconds = time.perf_counter() - started
     log.info("%s: model loaded in %.1f s from %s", job.key, load_seconds, extractor.describe()["model"])
     input_sha = source.fingerprint(scan)
@@ -93,6 +95,8 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
     for skip in scan.skipped:
         _report(result, skip, config)
     for layer in extractor.layers:
+        for name, content in getattr(extractor, "artifacts", dict)().items():
+            atomic_write(writers[layer.folder].folder / name, lambda handle, data=content: handle.write(data))
         if not writers[layer.folder].complete:
             write_manifest(writers[layer.folder].folder, _manifest(job, layer, writers[layer.folder], extractor,
                                                                    config, input_sha, device, "running", 0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,3 +37,14 @@ class Extractor(Protocol):
 
     def sort_key(self, payload: Any) -> int:
         """A cheap size of a payload; batches are formed from payloads of similar size."""
+
+
+class FittedExtractor(Extractor, Protocol):
+    """An extractor fitted on the corpus before extracting (e.g. TF-IDF): `fit` sees every payload to extract, in
+    order; `artifacts` (e.g. the vocabulary) are written into every layer folder so new data maps the same way."""
+
+    def fit(self, payloads: Iterator[Any]) -> None:
+        """Learn from the payloads of the whole source (called once, before any extraction)."""
+
+    def artifacts(self) -> dict[str, bytes]:
+        """File name -> content, written atomically beside the features."""

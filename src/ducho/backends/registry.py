@@ -16,14 +16,19 @@ REGISTRY: dict[str, dict[str, str]] = {
     "textual": {
         "transformers": "ducho.backends.hf_text:TransformersText",
         "sentence_transformers": "ducho.backends.sentence_transformers:SentenceTransformersText",
+        "handcrafted": "ducho.backends.handcrafted_text:HandcraftedText",
     },
     "visual": {
         "torch": "ducho.backends.torch_vision:TorchVision",
         "transformers": "ducho.backends.hf_vision:TransformersVision",
+        "tensorflow": "ducho.backends.keras_vision:KerasVision",
+        "handcrafted": "ducho.backends.handcrafted_image:HandcraftedImage",
     },
     "audio": {
         "torch": "ducho.backends.torch_audio:TorchAudio",
         "transformers": "ducho.backends.hf_audio:TransformersAudio",
+        "tensorflow": "ducho.backends.keras_audio:KerasAudio",
+        "handcrafted": "ducho.backends.handcrafted_audio:HandcraftedAudio",
     },
 }
 

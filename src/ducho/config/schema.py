@@ -7,7 +7,7 @@ settings cannot leak into the next.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
@@ -42,6 +42,8 @@ class ModelSpec(Settings):
     normalize: bool = Field(False, description="L2-normalise every written vector.")
     precision: Precision = Field("auto", description="auto: fp16 autocast on CUDA, fp32 elsewhere.")
     trust_remote_code: bool = False
+    params: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings (e.g. handcrafted "
+                                                                     "bins); each backend checks its own keys.")
 
     @field_validator("output_layers", mode="before")
     @classmethod
