@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.registry import backends_for, check_backend
-from .config.schema import MODALITIES, SOURCES, Config, MediaSource, ModelSpec, TextualSource
+from .config.schema import MODALITIES, SOURCES, Config, JointSource, MediaSource, ModelSpec, TextualSource
 from .errors import ConfigError
 from .ids import safe_stem
 from .model_store import PACKAGED
@@ -21,11 +21,13 @@ class Job:
     index: int
     spec: ModelSpec
     backend: str
-    settings: TextualSource | MediaSource
+    settings: TextualSource | MediaSource | JointSource
     input_path: Path
     output_dir: Path
     format: str
     mapping_path: Path | None = None
+    text_path: Path | None = None  # visual_textual: the TSV beside the image folder
+    text_output_dir: Path | None = None  # visual_textual: where the text tower's layers go
 
     @property
     def key(self) -> str:
@@ -34,6 +36,12 @@ class Job:
     @property
     def source_key(self) -> str:
         return f"{self.modality}.{self.source}"
+
+    def layer_dir(self, folder: str) -> Path:
+        """The folder of one layer's files (a joint model's text layers may go to their own output path)."""
+        if self.text_output_dir is not None and folder.startswith("text"):
+            return self.text_output_dir / folder
+        return self.output_dir / folder
 
 
 def model_folder(name: str) -> Path:
@@ -79,17 +87,28 @@ def build_plan(config: Config) -> list[Job]:
             for index, spec in enumerate(settings.model):
                 backend = spec.backend or default_backend(modality, spec.model_name)
                 check_backend(modality, backend, f"{modality}.{source}.model.{index}.backend")
+                model = Path(backend) / model_folder(spec.model_name)
+                paths = _joint_paths(base, settings, model) if modality == "visual_textual" else \
+                    {"input_path": base / settings.input_path, "output_dir": base / settings.output_path / model}
                 jobs.append(Job(
                     modality=modality, source=source, index=index, spec=spec, backend=backend, settings=settings,
-                    input_path=base / settings.input_path,
-                    output_dir=base / settings.output_path / backend / model_folder(spec.model_name),
                     format=settings.format or config.format,
                     mapping_path=base / settings.mapping_path if getattr(settings, "mapping_path", None) else None,
+                    **paths,
                 ))
     if not jobs:
         raise ConfigError("the configuration names no source to extract (e.g. textual.items with a model list)")
     _check_distinct_outputs(jobs)
     return jobs
+
+
+def _joint_paths(base: Path, settings: JointSource, model: Path) -> dict[str, Path]:
+    """Image folder and TSV; image and fused layers under the visual (or single) output path, text layers under
+    the textual one."""
+    out = settings.output_path
+    visual, textual = (out, out) if isinstance(out, str) else (out.visual, out.textual)
+    return {"input_path": base / settings.input_path.visual, "text_path": base / settings.input_path.textual,
+            "output_dir": base / visual / model, "text_output_dir": base / textual / model}
 
 
 def _check_distinct_outputs(jobs: list[Job]) -> None:

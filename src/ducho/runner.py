@@ -88,7 +88,7 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
     load_seconds = time.perf_counter() - started
     log.info("%s: model loaded in %.1f s from %s", job.key, load_seconds, extractor.describe()["model"])
     input_sha = source.fingerprint(scan)
-    writers = {layer.folder: open_writer(job.format, job.output_dir / layer.folder, _fingerprint(job, layer),
+    writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
                                          input_sha, config.overwrite, job.source == "interactions")
                for layer in extractor.layers}
     result = JobResult(job.key, job.spec.model_name, job.output_dir, {}, load_seconds=load_seconds)

@@ -24,6 +24,9 @@ REGISTRY: dict[str, dict[str, str]] = {
         "tensorflow": "ducho.backends.keras_vision:KerasVision",
         "handcrafted": "ducho.backends.handcrafted_image:HandcraftedImage",
     },
+    "visual_textual": {
+        "transformers": "ducho.backends.hf_joint:TransformersJoint",
+    },
     "audio": {
         "torch": "ducho.backends.torch_audio:TorchAudio",
         "transformers": "ducho.backends.hf_audio:TransformersAudio",

@@ -80,7 +80,7 @@ def _rename(block: dict, table: dict[str, tuple[str, ...]], where: str, notes: l
 
 def _translate_source(block: dict, where: str, modality: str, source: str, notes: list[str]) -> None:
     _rename(block, SOURCE_ALIASES, f"{where}.", notes)
-    if modality == "textual":
+    if modality in ("textual", "visual_textual"):
         _translate_text_columns(block, where, source, notes)
     for index, model in enumerate(block.get("model") or []):
         if not isinstance(model, dict):

@@ -17,6 +17,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 EmptyTextPolicy = Literal["skip", "encode"]
 DuplicatePolicy = Literal["first", "last", "skip_all"]
 ImageScaling = Literal["zscore", "minmax"]
+Fusion = Literal["concat", "sum", "mul", "mean"]
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -141,6 +142,50 @@ class AudioModality(Settings):
     interactions: AudioSource | None = None
 
 
+class JointModelSpec(ModelSpec):
+    """An image-text dual encoder (CLIP, SigLIP, ALIGN, AltCLIP...): both towers, and optionally their fusion."""
+
+    fusion: Fusion | None = Field(None, description="Also write the two embeddings fused: concat|sum|mul|mean.")
+    clear_text: bool = False
+    tokenizer_name: str | None = None
+    image_processor_name: str | None = None
+    max_length: PositiveInt | None = None
+    reshape: tuple[PositiveInt, PositiveInt] | None = None
+    preprocessing: ImageScaling | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+class JointPaths(Settings):
+    """The reference 2.0 spelling: one path per side."""
+
+    visual: str
+    textual: str
+
+
+class JointSource(Settings):
+    """Images and texts of the same records, joined by id (never by position)."""
+
+    input_path: JointPaths
+    output_path: str | JointPaths = Field(description="One folder, or {visual, textual}: image and fused layers "
+                                                      "go to visual, text layers to textual.")
+    model: list[JointModelSpec] = Field(min_length=1)
+    item_column: str | None = Field(None, description="Item id column of the TSV; the first (items) or second.")
+    user_column: str | None = Field(None, description="Interactions: user id column of the TSV; the first.")
+    text_column: str | list[str] | None = Field(None, description="Text column(s); the last column by default.")
+    empty_text: EmptyTextPolicy = "skip"
+    duplicate_ids: DuplicatePolicy = "first"
+    recursive: bool = False
+    mapping_path: str | None = Field(None, description="Interactions: TSV mapping image files to user and item "
+                                                       "(columns: file, user, item).")
+    format: OutputFormat | None = None
+
+
+class JointModality(Settings):
+    items: JointSource | None = None
+    interactions: JointSource | None = None
+
+
 class Config(Settings):
     """A whole Ducho run."""
 
@@ -156,7 +201,7 @@ class Config(Settings):
     textual: TextualModality | None = None
     visual: VisualModality | None = None
     audio: AudioModality | None = None
-    visual_textual: dict | None = None
+    visual_textual: JointModality | None = None
 
     @field_validator("device")
     @classmethod

@@ -18,6 +18,10 @@ def open_source(job: Job) -> Source:
         from .textual import TextTable
 
         return TextTable(job.input_path, job.settings, job.source, job.source_key)
+    if job.modality == "visual_textual":
+        from .joint import ImageTextPairs
+
+        return ImageTextPairs(job.input_path, job.text_path, job.settings, job.source, job.source_key, job.mapping_path)
     from .media import MediaFolder
 
     if job.modality == "visual":

@@ -162,6 +162,12 @@ class TextTable:
             else:
                 yield Record(key, self._origin(index), text)
 
+    def keys(self, scan: Scan) -> Iterator[tuple[RecordKey, str]]:
+        """The key and origin of every kept row, in file order (no text read)."""
+        for index, row in enumerate(self._rows()):
+            if scan.keep[index]:
+                yield self._key(row), self._origin(index)
+
     def fingerprint(self, scan: Scan) -> str:
         """sha256 of the TSV file."""
         digest = hashlib.sha256()

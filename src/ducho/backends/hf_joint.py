@@ -1,0 +1,132 @@
+"""Transformers image-text dual encoders (CLIP, SigLIP, ALIGN, AltCLIP...): both towers in one pass per batch of
+(image, text) pairs, and optionally their fusion.
+
+Layers: `image_embeds` (`get_image_features`), `text_embeds` (`get_text_features`), and `fused_<fusion>` when
+`fusion` is set (concat, sum, mul or mean of the two embeddings; L2-normalised first when `normalize: true`).
+A bare integer (the 2.0 spelling) selects both embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config.schema import JointModelSpec
+from ..device import autocast
+from ..errors import bad_value
+from ..model_store import locate
+from .base import Layer
+from .hf_vision import ImageLoader
+from .text_common import count_truncated, token_limit
+
+log = logging.getLogger("ducho")
+
+EMBEDDINGS = ("image_embeds", "text_embeds")
+
+
+class PairLoader:
+    """Picklable per-record preprocessing of an (image path, text) pair: the image decoded and processed."""
+
+    def __init__(self, images: ImageLoader) -> None:
+        self.images = images
+
+    def __call__(self, payload: tuple[str, str]) -> tuple[torch.Tensor, str]:
+        path, text = payload
+        return self.images(path), text
+
+
+def parse_layers(spec: JointModelSpec) -> tuple[Layer, ...]:
+    layers: list[Layer] = []
+    for folder in spec.output_layers or list(EMBEDDINGS):
+        if folder.lstrip("-").isdigit():
+            log.info("output_layers %s (2.0 spelling) -> image_embeds and text_embeds", folder)
+            layers += [Layer(name, name) for name in EMBEDDINGS if name not in {la.name for la in layers}]
+        elif folder in EMBEDDINGS:
+            layers.append(Layer(folder, folder))
+        else:
+            raise bad_value("output_layers", folder, [*EMBEDDINGS, "N (2.0: both)"], what="layer")
+    if spec.fusion:
+        layers.append(Layer(f"fused_{spec.fusion}", f"fused_{spec.fusion}"))
+    return tuple(layers)
+
+
+def fuse(image: torch.Tensor, text: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "concat":
+        return torch.cat([image, text], dim=-1)
+    if image.shape[-1] != text.shape[-1]:
+        raise ValueError(f"fusion {how!r} needs embeddings of one size; image {image.shape[-1]}, text {text.shape[-1]}")
+    return {"sum": image + text, "mul": image * text, "mean": (image + text) / 2}[how]
+
+
+def _embeddings(output: Any) -> torch.Tensor:
+    """`get_*_features` returns the projected embeddings, or (transformers 5) an output whose pooler is them."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class TransformersJoint:
+    """A dual encoder; one call per batch gives both embeddings (and the fusion) of every pair."""
+
+    def __init__(self, spec: JointModelSpec, device: str) -> None:
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+        self.spec = spec
+        self.device = device
+        self.location = locate(spec.model_name, spec.revision)
+        trust = spec.trust_remote_code
+        text_from = locate(spec.tokenizer_name) if spec.tokenizer_name else self.location
+        images_from = locate(spec.image_processor_name) if spec.image_processor_name else self.location
+        self.tokenizer = AutoTokenizer.from_pretrained(text_from.target, trust_remote_code=trust)
+        processor = AutoImageProcessor.from_pretrained(images_from.target, trust_remote_code=trust)
+        self.model = AutoModel.from_pretrained(self.location.target, trust_remote_code=trust,
+                                               revision=self.location.revision, dtype=torch.float32)
+        self.model.eval().to(device)
+        for method in ("get_image_features", "get_text_features"):
+            if not callable(getattr(self.model, method, None)):
+                raise bad_value("model_name", spec.model_name, ["an image-text dual encoder (CLIP, SigLIP, ALIGN...)"],
+                                what=f"model ({type(self.model).__name__} has no {method})")
+        self.loader = PairLoader(ImageLoader(processor, spec.reshape, spec.preprocessing, spec.mean, spec.std))
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.limit = token_limit(self.tokenizer, text_config, spec.max_length)
+        self.layers = parse_layers(spec)
+        self.truncated = 0
+
+    def sort_key(self, payload: tuple[str, str]) -> int:
+        return len(payload[1])
+
+    def prepare(self, items: Sequence[tuple[torch.Tensor, str]]) -> dict[str, Any]:
+        texts = [text for _, text in items]
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt")
+        lengths = encoded["attention_mask"].sum(dim=1).tolist() if "attention_mask" in encoded else \
+            [encoded["input_ids"].shape[1]] * len(texts)
+        return {"pixels": torch.stack([pixels for pixels, _ in items]), "text": encoded,
+                "truncated": count_truncated(self.tokenizer, texts, lengths, self.limit)}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
+        self.truncated += batch["truncated"]
+        text = {k: v.to(self.device) for k, v in batch["text"].items()}
+        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+            image = _embeddings(self.model.get_image_features(pixel_values=batch["pixels"].to(self.device)))
+            words = _embeddings(self.model.get_text_features(**text))
+        image, words = image.float(), words.float()
+        values = {"image_embeds": image, "text_embeds": words}
+        if self.spec.fusion:
+            if self.spec.normalize:
+                image, words = (torch.nn.functional.normalize(v, dim=-1) for v in (image, words))
+            values[f"fused_{self.spec.fusion}"] = fuse(image, words, self.spec.fusion)
+        return {layer.folder: list(values[layer.name].cpu().numpy()) for layer in self.layers}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.location.describe(),
+            "model_class": type(self.model).__name__,
+            "tokenizer": self.spec.tokenizer_name or "model's own",
+            "max_length": self.limit,
+            "truncated_texts": self.truncated,
+            "fusion": self.spec.fusion,
+            "preprocessing": {"image": self.loader.images.describe(), "clear_text": self.spec.clear_text},
+            "pairing": "by id (image file name = TSV id)",
+        }

@@ -1,0 +1,135 @@
+"""visual_textual: a tiny CLIP saved locally; embeddings equal CLIPModel's own, pairs joined by id (never by
+position), unmatched ids reported, fusion, and the reference 2.0 config spelling."""
+
+# ruff: noqa: E501  (the config is quoted verbatim)
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TEXTS, hub_cache_entry, write_tsv
+from ducho import run
+
+CONFIG_2_0 = """\
+dataset_path: ./local/data/demo_joint
+gpu list: 0
+
+visual_textual:
+    items:
+        input_path: {visual: images, textual: descriptions.tsv}
+        item_column: ITEM_ID
+        text_column: DESCRIPTION
+        output_path: {visual: visual_embeddings, textual: textual_embeddings}
+        model: [
+          { model_name: openai/clip-vit-base-patch16, backend: transformers, output_layers: 1 },
+        ]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """A CLIPModel with the tiny BERT's WordPiece tokenizer ([SEP] is its end-of-text token)."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-clip"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    torch.manual_seed(11)
+    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 20, "max_position_embeddings": 64, "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id}
+    vision = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 20,
+              "image_size": 32, "patch_size": 8}
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)).eval().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def catalogue(root: Path, count: int = 6, shuffled: bool = False) -> dict[str, str]:
+    """Images p0..p{count-1} and a TSV of their texts (plus one text without image, one image without text)."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    texts = {f"p{n}": TEXTS[n % len(TEXTS)] for n in range(count)}
+    for n in range(count + 1):
+        Image.fromarray(rng.integers(0, 255, (40, 30 + 5 * n, 3), dtype=np.uint8)).save(images / f"p{n}.jpg")
+    rows = [[item, text] for item, text in texts.items()] + [["lonely", "a text without an image"]]
+    if shuffled:
+        rows = rows[::-1]
+    write_tsv(root / "texts.tsv", ["item_id", "text"], rows)
+    return texts
+
+
+def joint_config(root: Path, clip: Path, **model: object) -> dict:
+    spec = {"model_name": str(clip), "backend": "transformers", "batch_size": 4, **model}
+    return {"dataset_path": str(root), "device": "cpu", "workers": 1, "visual_textual": {"items": {
+        "input_path": {"visual": "images", "textual": "texts.tsv"}, "output_path": "out", "model": [spec]}}}
+
+
+def direct(clip: Path, image: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(clip).eval()
+    pixels = AutoImageProcessor.from_pretrained(clip)(images=Image.open(image).convert("RGB"),
+                                                     return_tensors="pt")["pixel_values"]
+    tokens = AutoTokenizer.from_pretrained(clip)([text], return_tensors="pt")
+    with torch.inference_mode():
+        image_out, text_out = model.get_image_features(pixel_values=pixels), model.get_text_features(**tokens)
+    as_tensor = [o if isinstance(o, torch.Tensor) else o.pooler_output for o in (image_out, text_out)]
+    return as_tensor[0][0].numpy(), as_tensor[1][0].numpy()
+
+
+def test_embeddings_equal_clip_and_unmatched_ids_are_reported(tmp_path: Path, tiny_clip: Path) -> None:
+    texts = catalogue(tmp_path)
+    result = run(joint_config(tmp_path, tiny_clip, fusion="concat"), progress=False)
+    folder = tmp_path / "out" / "transformers" / "tiny-clip"
+    assert sorted(p.stem for p in (folder / "image_embeds").glob("*.npy")) == sorted(texts)
+    for item in ("p0", "p4"):
+        image, text = direct(tiny_clip, tmp_path / "images" / f"{item}.jpg", texts[item])
+        assert np.abs(np.load(folder / "image_embeds" / f"{item}.npy") - image).max() < 1e-5
+        assert np.abs(np.load(folder / "text_embeds" / f"{item}.npy") - text).max() < 1e-5
+        fused = np.load(folder / "fused_concat" / f"{item}.npy")
+        assert fused.shape == (24,) and np.allclose(fused, np.concatenate([image, text]), atol=1e-5)
+    reasons = {s.label: s.reason for s in result.jobs[0].skipped}
+    assert reasons == {"lonely": "no image with this id", "p6": "no text with this id in texts.tsv"}
+
+
+def test_shuffled_rows_give_the_same_vectors_per_id(tmp_path: Path, tiny_clip: Path) -> None:
+    catalogue(tmp_path / "a")
+    catalogue(tmp_path / "b", shuffled=True)
+    for name in ("a", "b"):
+        run(joint_config(tmp_path / name, tiny_clip, fusion="mean", normalize=True), progress=False)
+    for layer in ("image_embeds", "text_embeds", "fused_mean"):
+        a = tmp_path / "a" / "out" / "transformers" / "tiny-clip" / layer
+        b = tmp_path / "b" / "out" / "transformers" / "tiny-clip" / layer
+        names = sorted(p.name for p in a.glob("*.npy"))
+        assert names == sorted(p.name for p in b.glob("*.npy")) and len(names) == 6
+        for name in names:
+            assert np.abs(np.load(a / name) - np.load(b / name)).max() < 1e-5
+    fused = np.load(tmp_path / "a" / "out" / "transformers" / "tiny-clip" / "fused_mean" / "p1.npy")
+    assert abs(np.linalg.norm(fused) - 1.0) < 1e-5  # written vectors are normalised
+
+
+def test_reference_2_0_config_runs_unchanged(tmp_path: Path, tiny_clip: Path) -> None:
+    cache = tmp_path / "hf-cache"
+    hub_cache_entry(cache, "openai/clip-vit-base-patch16", tiny_clip)
+    data = tmp_path / "local" / "data" / "demo_joint"
+    texts = catalogue(data)
+    (data / "texts.tsv").rename(data / "descriptions.tsv")
+    write_tsv(data / "descriptions.tsv", ["ITEM_ID", "DESCRIPTION"], [[k, v] for k, v in texts.items()])
+    (tmp_path / "config.yml").write_text(CONFIG_2_0)
+    done = subprocess.run([sys.executable, "-m", "ducho", "--config=config.yml"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    model = Path("transformers") / "openai" / "clip-vit-base-patch16"
+    images = sorted(p.stem for p in (data / "visual_embeddings" / model / "image_embeds").glob("*.npy"))
+    words = sorted(p.stem for p in (data / "textual_embeddings" / model / "text_embeds").glob("*.npy"))
+    assert images == words == sorted(texts)
+    image, text = direct(tiny_clip, data / "images" / "p2.jpg", texts["p2"])
+    assert np.abs(np.load(data / "textual_embeddings" / model / "text_embeds" / "p2.npy") - text).max() < 1e-5
