@@ -96,7 +96,7 @@ def test_reference_2_0_resnet50_and_a_user_model_file(tmp_path: Path) -> None:
     assert not (data / "visual_embeddings").exists()  # refused before any work
 
     done = ducho(tmp_path, "run", "config.yml", "visual.items.model.0.weights=none",
-                 "visual.items.model.1.trust_remote_code=true")
+                 "visual.items.model.1.trust_pickle=true")
     assert done.returncode == 0, done.stderr
     resnet = data / "visual_embeddings" / "torch" / "ResNet50" / "avgpool"
     mine = data / "visual_embeddings" / "torch" / "MMFashion" / "avgpool"

@@ -229,10 +229,17 @@ def test_weights_file_user_callable_and_pickled_models(tmp_path: Path, monkeypat
     torch.save(trained, tmp_path / "whole.pt")  # a pickled module, as the reference releases saved
     with pytest.raises(ConfigError, match="pickled model: loading it runs code"):
         TorchVision(VisualModelSpec(model_name=str(tmp_path / "whole.pt")), "cpu")
-    trusted = TorchVision(VisualModelSpec(model_name=str(tmp_path / "whole.pt"), trust_remote_code=True), "cpu")
+    trusted = TorchVision(VisualModelSpec(model_name=str(tmp_path / "whole.pt"), trust_pickle=True), "cpu")
     assert torch.equal(trusted.model.fc.weight, trained.fc.weight)
     with pytest.raises(ConfigError, match="holds only weights"):
         TorchVision(VisualModelSpec(model_name=str(tmp_path / "w.pth")), "cpu")
+
+    torch.jit.save(torch.jit.trace(trained, torch.zeros(1, 3, 64, 64)), tmp_path / "scripted.pt")
+    scripted = TorchVision(VisualModelSpec(model_name=str(tmp_path / "scripted.pt"), output_layers=["output"]), "cpu")
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = trained(pixels).numpy()
+    assert np.abs(np.stack(scripted.forward(pixels)["output"]) - expected).max() < 1e-4
 
 
 def test_missing_pretrained_weights_fail_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

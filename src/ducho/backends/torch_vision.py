@@ -125,29 +125,44 @@ def _user_callable(spec: VisualModelSpec) -> Built:
     return Built(model, ImagePipeline(), info)
 
 
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
 def _refuse_untrusted_file(spec: VisualModelSpec) -> None:
     """A whole pickled model file (what the reference releases saved) runs code from the file when unpickled:
-    refused unless `trust_remote_code: true`; a state dict alone does not say which architecture to build."""
-    if spec.trust_remote_code:
+    refused unless `trust_pickle: true`; a state dict alone does not say which architecture to build."""
+    path = Path(spec.model_name).expanduser()
+    if spec.trust_pickle or _is_torchscript(path):
         return
     try:
-        common.read_state_dict(spec.model_name)
+        common.read_state_dict(path)
     except ConfigError:
         raise ConfigError(f"model_name {spec.model_name!r} is a pickled model: loading it runs code from the "
-                          "file. Set trust_remote_code: true if you trust it, or save model.state_dict() and "
+                          "file. Set trust_pickle: true if you trust it, or save model.state_dict() and "
                           "use model_name: <architecture>, weights: <file>") from None
     raise ConfigError(f"model_name {spec.model_name!r} holds only weights (a state dict); name the "
                       "architecture instead: model_name: <torchvision name or module:callable>, weights: <file>")
 
 
 def _user_file(spec: VisualModelSpec) -> Built:
+    """A TorchScript archive (`torch.jit.save`; only its output is extractable: layer `output`), or a whole pickled
+    module behind `trust_pickle: true`."""
     _refuse_untrusted_file(spec)
     path = Path(spec.model_name).expanduser()
+    info = {"weights": str(path), "weights_sha256": common.file_sha256(path)}
+    if _is_torchscript(path):
+        return Built(torch.jit.load(str(path), map_location="cpu"), ImagePipeline(),
+                     {**info, "loaded_with": "torch.jit.load (TorchScript)"})
     model = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model_name {spec.model_name!r} holds a {type(model).__name__}, not an nn.Module")
-    return Built(model, ImagePipeline(), {"weights": str(path), "weights_sha256": common.file_sha256(path),
-                                          "loaded_with": "torch.load(weights_only=False), trust_remote_code: true"})
+    return Built(model, ImagePipeline(), {**info, "loaded_with": "torch.load(weights_only=False), trust_pickle: true"})
 
 
 def build(spec: VisualModelSpec) -> Built:
@@ -190,6 +205,18 @@ def check(spec: VisualModelSpec) -> str:
     return f"torchvision {builders()[name.lower()]} ({weights})"
 
 
+class WholeOutput:
+    """The layer `output` of a model whose inside cannot be reached (TorchScript)."""
+
+    method = "torchscript (output only)"
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, Any]:
+        return {"output": self.module(batch)}
+
+
 class TorchVision:
     """A torch image model; the fx feature extractor is built once and gives every requested layer per forward."""
 
@@ -202,9 +229,11 @@ class TorchVision:
         self.weights = built.weights
         self.model = built.model.eval()
         self.loader = with_overrides(built.pipeline, spec)
-        self.available = common.layer_names(self.model)
+        scripted = isinstance(self.model, torch.jit.ScriptModule)  # no graph to cut: its output only
+        self.available = ["output"] if scripted else common.layer_names(self.model)
         self.layers = self._parse_layers()
-        self.capture = common.LayerCapture(self.model, sorted({layer.name for layer in self.layers}))
+        names = sorted({layer.name for layer in self.layers})
+        self.capture = WholeOutput(self.model) if scripted else common.LayerCapture(self.model, names)
         self.capture.module.eval().to(device, memory_format=torch.channels_last)
 
     def _parse_layers(self) -> tuple[Layer, ...]:
@@ -214,7 +243,7 @@ class TorchVision:
         if pooling == "cls":
             raise bad_value("pooling", pooling, ["avg", "mean", "max", "none"], what="pooling of a feature map")
         layers = []
-        modules = {name for name, _ in self.model.named_modules()}  # a module name gives its last node's output
+        modules = {name for name, _ in self.model.named_modules()} - {""}  # a module name: its last node's output
         for folder in requested:
             if folder not in self.available and folder not in modules:
                 raise ConfigError(f"output_layers: {folder!r} is not a layer of {self.spec.model_name}"

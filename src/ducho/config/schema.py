@@ -42,7 +42,8 @@ class ModelSpec(Settings):
     revision: str | None = None
     normalize: bool = Field(False, description="L2-normalise every written vector.")
     precision: Precision = Field("auto", description="auto: fp16 autocast on CUDA, fp32 elsewhere.")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a hub model.")
+    trust_pickle: bool = Field(False, description="Load a whole pickled model file (unpickling runs its code).")
     params: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings (e.g. handcrafted "
                                                                      "bins); each backend checks its own keys.")
 
