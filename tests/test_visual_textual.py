@@ -133,3 +133,34 @@ def test_reference_2_0_config_runs_unchanged(tmp_path: Path, tiny_clip: Path) ->
     assert images == words == sorted(texts)
     image, text = direct(tiny_clip, data / "images" / "p2.jpg", texts["p2"])
     assert np.abs(np.load(data / "textual_embeddings" / model / "text_embeds" / "p2.npy") - text).max() < 1e-5
+
+
+TINY_OPEN_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                                  "head_width": 16},
+                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+def test_open_clip_with_a_local_checkpoint_equals_encode_image_and_text(tmp_path: Path) -> None:
+    import json
+
+    import open_clip
+
+    (tmp_path / "tiny-oc.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(str(tmp_path / "tiny-oc.json"))
+    torch.manual_seed(2)
+    model, _, transform = open_clip.create_model_and_transforms("tiny-oc")
+    torch.save(model.state_dict(), tmp_path / "tiny-oc.pt")
+    texts = catalogue(tmp_path, count=4)
+    config = joint_config(tmp_path, tmp_path, fusion="mul")
+    config["visual_textual"]["items"]["model"] = [{
+        "model_name": "open_clip:tiny-oc", "weights": str(tmp_path / "tiny-oc.pt"), "fusion": "mul",
+        "params": {"model_config": str(tmp_path / "tiny-oc.json")}, "batch_size": 3}]
+    run(config, progress=False)
+    folder = tmp_path / "out" / "open_clip" / "open_clip%3Atiny-oc"
+    tokenizer = open_clip.get_tokenizer("tiny-oc")
+    with torch.inference_mode():
+        image = model.eval().encode_image(transform(Image.open(tmp_path / "images" / "p3.jpg").convert("RGB"))[None])
+        text = model.encode_text(tokenizer([texts["p3"]]))
+    assert np.abs(np.load(folder / "image_embeds" / "p3.npy") - image[0].numpy()).max() < 1e-5
+    assert np.abs(np.load(folder / "text_embeds" / "p3.npy") - text[0].numpy()).max() < 1e-5
+    assert np.allclose(np.load(folder / "fused_mul" / "p3.npy"), (image * text)[0].numpy(), atol=1e-5)

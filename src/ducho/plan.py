@@ -62,6 +62,8 @@ def default_backend(modality: str, name: str) -> str:
                 or f"sentence-transformers/{name}".lower() in PACKAGED:
             return "sentence_transformers"
         return "transformers"
+    if name.startswith("open_clip:"):
+        return "open_clip"
     folder = Path(name).expanduser()
     if (folder / "config.json").is_file() or ("/" in name and not folder.exists() and ":" not in name):
         return "transformers"  # a Hugging Face folder or hub id

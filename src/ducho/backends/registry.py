@@ -26,6 +26,7 @@ REGISTRY: dict[str, dict[str, str]] = {
     },
     "visual_textual": {
         "transformers": "ducho.backends.hf_joint:TransformersJoint",
+        "open_clip": "ducho.backends.open_clip_joint:OpenClipJoint",
     },
     "audio": {
         "torch": "ducho.backends.torch_audio:TorchAudio",

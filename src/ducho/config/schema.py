@@ -147,6 +147,7 @@ class JointModelSpec(ModelSpec):
     """An image-text dual encoder (CLIP, SigLIP, ALIGN, AltCLIP...): both towers, and optionally their fusion."""
 
     fusion: Fusion | None = Field(None, description="Also write the two embeddings fused: concat|sum|mul|mean.")
+    weights: str | None = Field(None, description="open_clip: a local checkpoint file, or none (random).")
     clear_text: bool = False
     tokenizer_name: str | None = None
     image_processor_name: str | None = None
