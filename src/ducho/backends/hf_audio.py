@@ -1,10 +1,20 @@
 """Transformers audio backend: an AutoModel audio encoder (wav2vec2, HuBERT, WavLM, AST, Whisper's encoder, CLAP's
 audio tower...) with its feature extractor, from a hub id or a folder.
 
-Each window goes through the feature extractor alone (Whisper's is padded to 30 s, AST's to its `max_length`),
-windows with equal input shapes are stacked, and frames beyond a window's audio (Whisper's padding) are left out of
-pooling through the attention mask mapped to the encoder's frames. Layers: `last_hidden_state`, `hidden_states.N`
-(frames, pooled over time) and `pooler_output` (a vector per window, averaged over windows by window length).
+Each window goes through the feature extractor alone (Whisper's is padded to its 30 s chunk, AST's to its
+`max_length` frames, CLAP's repeat-padded to its `max_length_s`), and windows with equal input shapes are stacked.
+Extractors with a fixed input length set the default window to that length and refuse a longer `window_seconds`
+(they would silently truncate it).
+
+Whisper's padding is left out of pooling: a window of n samples fills m = ceil(n / hop_length) mel frames (the
+extractor's attention mask), and the encoder keeps (m - 1) // 2 + 1 of its frames (its stride-2 convolution); the
+frames after those are cut. wav2vec2-style masks are mapped the same way (`_get_feat_extract_output_lengths`). AST's
+and CLAP's padding has no mask and stays part of the window.
+
+Layers: `last_hidden_state`, `hidden_states.N` (frames, pooled over the frames of all windows of a record;
+(batch, C, F, T) maps like CLAP's become T frames of C*F), `pooler_output` (the encoder's vector per window) and
+`audio_embeds` (the model's `get_audio_features`, e.g. CLAP's projected, normalised embedding); vector layers are
+averaged over windows weighted by window length.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ log = logging.getLogger("ducho")
 HIDDEN = re.compile(r"^hidden_states\.(-?\d+)$")
 LAST = "last_hidden_state"
 POOLER = "pooler_output"
+EMBEDS = "audio_embeds"
 DEFAULT_WINDOW = 10.0
 
 
@@ -52,15 +63,21 @@ def audio_encoder(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def default_window(extractor: Any, sample_rate: int) -> float | None:
-    """Whisper: its 30 s chunk; AST: its `max_length` frames of 10 ms; otherwise 10 s."""
+def fixed_window(extractor: Any, sample_rate: int) -> float | None:
+    """Seconds an extractor pads or truncates every input to: Whisper's chunk, CLAP's `max_length_s`, AST's
+    `max_length` frames of 10 ms; None when inputs keep their length."""
     if getattr(extractor, "n_samples", None):
         return extractor.n_samples / sample_rate
     if getattr(extractor, "nb_max_samples", None):
         return extractor.nb_max_samples / sample_rate
     if type(extractor).__name__ == "ASTFeatureExtractor":
         return extractor.max_length / 100.0
-    return DEFAULT_WINDOW
+    return None
+
+
+def default_window(extractor: Any, sample_rate: int) -> float | None:
+    """The extractor's fixed input length, otherwise 10 s."""
+    return fixed_window(extractor, sample_rate) or DEFAULT_WINDOW
 
 
 class TransformersAudio:
@@ -88,25 +105,36 @@ class TransformersAudio:
                         self.model_rate, self.sample_rate)
         self.layers = self._parse_layers()
         self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
+        self.need_embeds = any(layer.name == EMBEDS for layer in self.layers)
+        limit = fixed_window(self.extractor, self.sample_rate)
+        if limit is not None and spec.window_seconds is not None and spec.window_seconds > limit + 1e-9:
+            raise ConfigError(f"window_seconds: {spec.window_seconds} is longer than the {limit:g} s that "
+                              f"{type(self.extractor).__name__} pads or truncates every input to; "
+                              f"use at most {limit:g}")
         self.windowing = windowing(spec, self.sample_rate, default_window(self.extractor, self.sample_rate))
         self.loader = AudioLoader(self.sample_rate, mono=True, offset=spec.offset, max_seconds=spec.max_seconds)
 
     def _parse_layers(self) -> tuple[Layer, ...]:
         pooling = audio_pooling(self.spec)
         config = getattr(self.encoder, "config", self.model.config)
-        num_hidden = getattr(config, "num_hidden_layers", None) or getattr(config, "encoder_layers", None)
+        depths = getattr(config, "depths", None)  # Swin-like towers (CLAP): one hidden state per stage
+        num_hidden = (len(depths) if depths else None) or getattr(config, "num_hidden_layers", None) \
+            or getattr(config, "encoder_layers", None)
         layers = []
         for folder in self.spec.output_layers or [LAST]:
             match = HIDDEN.match(folder)
             if match and num_hidden is not None and not -(num_hidden + 1) <= int(match.group(1)) <= num_hidden:
                 raise ConfigError(f"output_layers: {folder!r} is out of range; the model has {num_hidden + 1} "
                                   f"hidden states (hidden_states.0 .. hidden_states.{num_hidden}, or negative)")
-            if folder == POOLER:
+            if folder == EMBEDS and not hasattr(self.model, "get_audio_features"):
+                raise ConfigError(f"output_layers: {type(self.model).__name__} has no get_audio_features, so no "
+                                  f"{EMBEDS}; use {LAST}, hidden_states.N or {POOLER}")
+            if folder in (POOLER, EMBEDS):
                 layers.append(Layer(folder, folder))
             elif match or folder == LAST:
                 layers.append(Layer(folder, folder, pooling))
             else:
-                raise bad_value("output_layers", folder, [LAST, "hidden_states.N", POOLER], what="layer")
+                raise bad_value("output_layers", folder, [LAST, "hidden_states.N", POOLER, EMBEDS], what="layer")
         return tuple(layers)
 
     def sort_key(self, payload: Any) -> int:
@@ -130,14 +158,17 @@ class TransformersAudio:
     def _encode(self, stacked: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         inputs = {k: v.to(self.device) for k, v in stacked.items() if k in self.accepted}
         with torch.inference_mode(), autocast(self.device, self.spec.precision):
-            out = self.encoder(**inputs, output_hidden_states=self.need_hidden, return_dict=True)
+            out, pooled, embeds = self._run(inputs)
         valid = self._valid_frames(stacked)
         result: dict[str, list[torch.Tensor]] = {}
         for layer in self.layers:
+            if layer.name == EMBEDS:
+                result[layer.name] = list(embeds.flatten(1))
+                continue
             if layer.name == POOLER:
-                if getattr(out, POOLER, None) is None:
+                if pooled is None:
                     raise ConfigError(f"output_layers: {self.spec.model_name} gives no pooler_output")
-                result[layer.name] = list(out.pooler_output.flatten(1))
+                result[layer.name] = list(pooled.flatten(1))
                 continue
             match = HIDDEN.match(layer.name)
             steps = out.hidden_states[int(match.group(1))] if match else out.last_hidden_state
@@ -145,6 +176,28 @@ class TransformersAudio:
                 steps = channels_first_frames(steps)
             result[layer.name] = [s[:n] if n is not None else s for s, n in zip(steps, valid)]
         return result
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor | None, torch.Tensor | None]:
+        """The encoder's output, its own pooler_output, and `get_audio_features` when `audio_embeds` is asked for:
+        then one forward, the encoder's output caught by a hook before the model replaces its pooler_output."""
+        options = {"output_hidden_states": self.need_hidden, "return_dict": True}
+        if not self.need_embeds:
+            out = self.encoder(**inputs, **options)
+            return out, getattr(out, POOLER, None), None
+        caught: list[tuple[Any, torch.Tensor | None]] = []
+        handle = self.encoder.register_forward_hook(
+            lambda module, args, output: caught.append((output, getattr(output, POOLER, None))))
+        try:
+            projected = self.model.get_audio_features(**inputs, **options)
+        finally:
+            handle.remove()
+        embeds = projected if isinstance(projected, torch.Tensor) else projected.pooler_output
+        if len(caught) != 1 or self.encoder is self.model:  # the encoder did not run once, on its own, inside
+            if any(layer.name != EMBEDS for layer in self.layers):
+                out = self.encoder(**inputs, **options)
+                return out, getattr(out, POOLER, None), embeds
+            return None, None, embeds
+        return caught[0][0], caught[0][1], embeds
 
     def _valid_frames(self, stacked: dict[str, torch.Tensor]) -> list[int | None]:
         """Encoder frames holding real audio per window, from the input mask; None when all are real."""
