@@ -201,19 +201,18 @@ def test_single_model_mapping_is_a_list_of_one() -> None:
     assert load_config(raw, ["textual.items.model.0.batch_size=3"]).textual.items.model[0].batch_size == 3
 
 
-def test_plan_refuses_joint_modality_and_unknown_backend() -> None:
-    joint = {"visual_textual": {"items": {"input_path": "i", "output_path": "o", "model": [{"model_name": "x"}]}}}
-    with pytest.raises(ConfigError, match="visual_textual: this modality is not available in this version"):
-        build_plan(load_config(joint))
+def test_plan_refuses_an_unknown_backend_with_a_close_match() -> None:
     with pytest.raises(ConfigError) as caught:
         build_plan(load_config(base(backend="sentence_transformer")))
-    assert str(caught.value) == ("textual.items.model.0.backend: backend for textual 'sentence_transformer' is not "
-                                 "accepted; accepted: handcrafted, sentence_transformers, transformers "
-                                 "(did you mean 'sentence_transformers'?)")
+    message = str(caught.value)
+    assert message.startswith("textual.items.model.0.backend: backend for textual 'sentence_transformer' is not "
+                              "accepted; accepted: ")
+    assert "sentence_transformers, transformers" in message and message.endswith(
+        "(did you mean 'sentence_transformers'?)")
     visual = {"visual": {"items": {"input_path": "i", "output_path": "o",
                                    "model": [{"model_name": "Xception", "backend": "tensorflw"}]}}}
-    with pytest.raises(ConfigError, match="backend for visual 'tensorflw' is not accepted; accepted: handcrafted, "
-                                          "tensorflow, torch, transformers \\(did you mean 'tensorflow'\\?\\)"):
+    with pytest.raises(ConfigError, match="backend for visual 'tensorflw' is not accepted; accepted: .*torch, "
+                                          "transformers \\(did you mean 'tensorflow'\\?\\)"):
         build_plan(load_config(visual))
     with pytest.raises(ConfigError, match="names no source"):
         build_plan(load_config({}))

@@ -74,12 +74,11 @@ def test_same_setting_in_two_spellings_is_an_error() -> None:
                                            "model": [{"name": "x", "model_name": "y"}]}}})
 
 
-def test_plan_refuses_unavailable_modality_and_unknown_backend() -> None:
-    joint = {"visual_textual": {"items": {"input_path": "i", "output_path": "o", "model": [{"model_name": "x"}]}}}
-    with pytest.raises(ConfigError, match="visual_textual: this modality is not available"):
-        build_plan(load_config(joint))
-    with pytest.raises(ConfigError, match="did you mean 'sentence_transformers'"):
-        build_plan(load_config(base(backend="sentence_transformer")))
+def test_plan_accepts_every_modality_section() -> None:
+    joint = {"visual_textual": {"items": {"input_path": {"visual": "i", "textual": "t.tsv"}, "output_path": "o",
+                                          "model": [{"model_name": "org/clip"}]}}}
+    [job] = build_plan(load_config(joint))
+    assert (job.backend, job.input_path.name, job.text_path.name) == ("transformers", "i", "t.tsv")
 
 
 @pytest.mark.parametrize("item", ["../../etc/passwd", "a/b", "..", ".hidden", "x\\y", "50%", "nul\x00l"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends.registry import backends_for, check_backend
+from .backends.registry import check_backend
 from .config.schema import MODALITIES, SOURCES, Config, JointSource, MediaSource, ModelSpec, TextualSource
 from .errors import ConfigError
 from .ids import safe_stem
@@ -78,10 +78,6 @@ def build_plan(config: Config) -> list[Job]:
         section = getattr(config, modality)
         if section is None:
             continue
-        if not backends_for(modality):
-            raise ConfigError(f"{modality}: this modality is not available in this version of Ducho "
-                              f"(available: {', '.join(m for m in MODALITIES if backends_for(m))}); "
-                              "remove the section to run the others")
         for source in SOURCES:
             settings = getattr(section, source)
             if settings is None:
