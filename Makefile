@@ -3,12 +3,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= text,vision,audio,handcrafted,open_clip,dev
+EXTRAS ?= text,vision,audio,handcrafted,open_clip,tensorflow,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test lint bench install
 
