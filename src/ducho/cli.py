@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     layers.add_argument("--weights", default="none",
                         help="torch weights to build with (default none: shapes do not depend on weights)")
 
+    export = commands.add_parser("export-onnx", help="export a model's layer to ONNX (checked against torch)")
+    export.add_argument("model", help="model name, hub id or folder, as in a config")
+    export.add_argument("--backend", required=True, choices=["torch", "transformers"])
+    export.add_argument("--modality", required=True, choices=["visual", "textual"])
+    export.add_argument("--layer", help="layer to export (default: the backend's default layer)")
+    export.add_argument("--output", required=True, help="the .onnx file to write")
+    export.add_argument("--weights", help="torch weights (DEFAULT when unset, none, a weights file)")
+    export.add_argument("--pooling", help="torch: pool the layer as ducho does (avg|mean|max|none)")
+
     demo = commands.add_parser("demo", help="run the bundled demo with the packaged offline models")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's data copy and features")
     demo.add_argument("--only", type=int, action="append", choices=[1, 2, 3],
@@ -96,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .inspect import list_layers
 
             print(list_layers(args.model, args.modality, args.backend, args.weights))
+            return 0
+        if args.command == "export-onnx":
+            from .export_onnx import export
+
+            print(export(args.model, args.backend, args.modality, args.layer, args.output, args.weights,
+                         args.pooling).summary())
             return 0
         if args.command == "demo":
             from .demo.main import main as demo_main

@@ -55,7 +55,10 @@ def model_folder(name: str) -> Path:
 
 
 def default_backend(modality: str, name: str) -> str:
-    """Textual models: sentence-transformers for its own models and folders, transformers otherwise."""
+    """`.onnx` files: onnx. Textual models: sentence-transformers for its own models and folders, transformers
+    otherwise. Others: transformers for hub ids and Hugging Face folders, torch for names, packaged models, files."""
+    if name.lower().endswith(".onnx"):
+        return "onnx"
     if modality == "textual":
         folder = Path(name).expanduser()
         if (folder / "modules.json").is_file() or name.lower().startswith("sentence-transformers/") \

@@ -17,12 +17,14 @@ REGISTRY: dict[str, dict[str, str]] = {
         "transformers": "ducho.backends.hf_text:TransformersText",
         "sentence_transformers": "ducho.backends.sentence_transformers:SentenceTransformersText",
         "handcrafted": "ducho.backends.handcrafted_text:HandcraftedText",
+        "onnx": "ducho.backends.onnx_backend:OnnxText",
     },
     "visual": {
         "torch": "ducho.backends.torch_vision:TorchVision",
         "transformers": "ducho.backends.hf_vision:TransformersVision",
         "tensorflow": "ducho.backends.keras_vision:KerasVision",
         "handcrafted": "ducho.backends.handcrafted_image:HandcraftedImage",
+        "onnx": "ducho.backends.onnx_backend:OnnxVision",
     },
     "visual_textual": {
         "transformers": "ducho.backends.hf_joint:TransformersJoint",
@@ -33,6 +35,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "transformers": "ducho.backends.hf_audio:TransformersAudio",
         "tensorflow": "ducho.backends.keras_audio:KerasAudio",
         "handcrafted": "ducho.backends.handcrafted_audio:HandcraftedAudio",
+        "onnx": "ducho.backends.onnx_backend:OnnxAudio",
     },
 }
 
