@@ -60,7 +60,7 @@ def tiny_bert(models_dir: Path) -> Path:
     vocab += [chr(c) for c in range(33, 127)] + [f"##{chr(c)}" for c in range(97, 123)]
     folder.mkdir()
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64)
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), model_max_length=64)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=37, max_position_embeddings=64, num_labels=5)

@@ -154,3 +154,11 @@ def test_truncation_is_counted_in_the_manifest(tmp_path: Path, tiny_bert: Path) 
     assert manifest["truncated_texts"] == sum(n > 8 for n in lengths) > 0
     assert manifest["shape"] == ["steps", 32]
     assert all(np.load(folder / f"{s}.npy").shape[0] <= 8 for s in item_stems())
+
+
+def test_tiny_bert_fixture_tokenizes_words_of_its_vocabulary(tiny_bert: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    ids = tokenizer("the shoe")["input_ids"]
+    assert len(tokenizer) > 100 and tokenizer.unk_token_id not in ids  # a real vocabulary, not only [UNK]
