@@ -71,12 +71,14 @@ class Windowing:
         return None if self.hop_seconds is None else max(1, round(self.hop_seconds * self.sample_rate))
 
     def split(self, wave: torch.Tensor) -> list[torch.Tensor]:
-        """Cut the last axis into windows (the last one keeps its shorter length)."""
-        from ..media.audio import split_windows
-
+        """Views of the last axis, every `hop` samples, until a window reaches the end (the last one keeps its
+        shorter length); no copy of the track is made."""
         if self.window is None:
             return [wave]
-        return [torch.from_numpy(w) for w in split_windows(wave.numpy(), self.window, self.hop)]
+        hop, starts = self.hop or self.window, [0]
+        while starts[-1] + self.window < wave.shape[-1]:
+            starts.append(starts[-1] + hop)
+        return [wave[..., start:start + self.window] for start in starts]
 
     def describe(self) -> dict[str, Any]:
         return {"window_seconds": self.window_seconds if self.window_seconds is not None else "whole clip",
@@ -93,27 +95,36 @@ def windowing(spec: AudioModelSpec, sample_rate: int, default_seconds: float | N
 
 @dataclass
 class Window:
-    """One window of a record: model inputs with a leading batch axis of 1; windows with equal `key` stack."""
+    """One window of a record: model inputs with a leading batch axis of 1; windows with equal `key` stack.
+    Inputs are given, or made from `piece` (a view of the waveform) by `to_inputs` only when their sub-batch runs,
+    so a long track never has all its windows' inputs in memory at once."""
 
     record: int
     position: int
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor] | None
     weight: float
     key: Hashable = field(default=None)
+    piece: torch.Tensor | None = None
+    to_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
-        if self.key is None:
+        if self.key is None and self.inputs is not None:
             self.key = tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(self.inputs.items()))
+        elif self.key is None and self.piece is not None:
+            self.key = (tuple(self.piece.shape), self.piece.dtype)  # equal pieces give equal input shapes
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        if self.inputs is not None:
+            return self.inputs
+        assert self.to_inputs is not None and self.piece is not None
+        return self.to_inputs(self.piece)
 
 
 def make_windows(waves: Sequence[torch.Tensor], windows: Windowing,
                  to_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> list[Window]:
-    """Every window of every record, turned into model inputs by `to_inputs`; weight = window samples."""
-    out = []
-    for record, wave in enumerate(waves):
-        for position, piece in enumerate(windows.split(wave)):
-            out.append(Window(record, position, to_inputs(piece), float(piece.shape[-1])))
-    return out
+    """Every window of every record (views; `to_inputs` runs per sub-batch); weight = window samples."""
+    return [Window(record, position, None, float(piece.shape[-1]), piece=piece, to_inputs=to_inputs)
+            for record, wave in enumerate(waves) for position, piece in enumerate(windows.split(wave))]
 
 
 def sub_batches(windows: Sequence[Window], batch_size: int) -> Iterator[tuple[list[Window], dict[str, torch.Tensor]]]:
@@ -124,8 +135,8 @@ def sub_batches(windows: Sequence[Window], batch_size: int) -> Iterator[tuple[li
     for group in groups.values():
         for start in range(0, len(group), batch_size):
             chosen = group[start:start + batch_size]
-            stacked = {name: torch.cat([w.inputs[name] for w in chosen]) for name in chosen[0].inputs}
-            yield chosen, stacked
+            inputs = [w.model_inputs() for w in chosen]
+            yield chosen, {name: torch.cat([i[name] for i in inputs]) for name in inputs[0]}
 
 
 class RecordPool:
