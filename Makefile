@@ -19,6 +19,8 @@ $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	# musicnn's checkpoints (TensorFlow audio backend); --no-deps: it declares numpy<1.17 but runs on today's
+	$(if $(findstring tensorflow,$(EXTRAS)),$(BIN)/python -m pip install --quiet --no-deps musicnn==0.1.0)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
