@@ -164,3 +164,46 @@ def test_open_clip_with_a_local_checkpoint_equals_encode_image_and_text(tmp_path
     assert np.abs(np.load(folder / "image_embeds" / "p3.npy") - image[0].numpy()).max() < 1e-5
     assert np.abs(np.load(folder / "text_embeds" / "p3.npy") - text[0].numpy()).max() < 1e-5
     assert np.allclose(np.load(folder / "fused_mul" / "p3.npy"), (image * text)[0].numpy(), atol=1e-5)
+
+
+def test_tower_hidden_layers_equal_the_towers_own_outputs(tmp_path: Path, tiny_clip: Path) -> None:
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    from ducho.errors import ConfigError
+
+    texts = catalogue(tmp_path, count=3)
+    layers = ["vision.hidden_states.-1", "vision.last_hidden_state", "text.hidden_states.1", "text.last_hidden_state"]
+    run(joint_config(tmp_path, tiny_clip, output_layers=layers, batch_size=2), progress=False)
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    pixels = AutoImageProcessor.from_pretrained(tiny_clip)(images=Image.open(tmp_path / "images" / "p1.jpg")
+                                                          .convert("RGB"), return_tensors="pt")["pixel_values"]
+    tokens = AutoTokenizer.from_pretrained(tiny_clip)([texts["p1"]], return_tensors="pt")
+    with torch.inference_mode():
+        seen = model.vision_model(pixel_values=pixels, output_hidden_states=True)
+        read = model.text_model(**tokens, output_hidden_states=True)
+    folder = tmp_path / "out" / "transformers" / "tiny-clip"
+    expected = {"vision.hidden_states.-1": seen.hidden_states[-1][0, 0], "vision.last_hidden_state":
+                seen.last_hidden_state[0, 0], "text.hidden_states.1": read.hidden_states[1][0].mean(dim=0),
+                "text.last_hidden_state": read.last_hidden_state[0].mean(dim=0)}
+    for layer, value in expected.items():
+        assert np.abs(np.load(folder / layer / "p1.npy") - value.numpy()).max() < 1e-5, layer
+    with pytest.raises(ConfigError, match="the vision tower has 3 hidden states"):
+        run(joint_config(tmp_path, tiny_clip, output_layers=["vision.hidden_states.7"]), progress=False)
+
+
+def test_interactions_pair_review_photos_with_review_texts(tmp_path: Path, tiny_clip: Path) -> None:
+    catalogue(tmp_path, count=3)
+    write_tsv(tmp_path / "photos.tsv", ["file", "user", "item"], [["p0.jpg", "u1", "i1"], ["p1.jpg", "u2", "i1"]])
+    write_tsv(tmp_path / "reviews.tsv", ["user", "item", "review"],
+              [["u2", "i1", TEXTS[1]], ["u1", "i1", TEXTS[0]], ["u3", "i2", "no photo for this one"]])
+    config = joint_config(tmp_path, tiny_clip)
+    config["visual_textual"] = {"interactions": {
+        "input_path": {"visual": "images", "textual": "reviews.tsv"}, "mapping_path": "photos.tsv",
+        "output_path": "out", "model": config["visual_textual"]["items"]["model"]}}
+    result = run(config, progress=False)
+    folder = tmp_path / "out" / "transformers" / "tiny-clip"
+    assert sorted(p.name for p in (folder / "image_embeds").glob("*.npy")) == ["u1__i1.npy", "u2__i1.npy"]
+    image, text = direct(tiny_clip, tmp_path / "images" / "p1.jpg", TEXTS[1])
+    assert np.abs(np.load(folder / "image_embeds" / "u2__i1.npy") - image).max() < 1e-5
+    assert np.abs(np.load(folder / "text_embeds" / "u2__i1.npy") - text).max() < 1e-5
+    assert {s.label: s.reason for s in result.jobs[0].skipped} == {"u3__i2": "no image with this id"}

@@ -3,12 +3,16 @@
 
 Layers: `image_embeds` (`get_image_features`), `text_embeds` (`get_text_features`), and `fused_<fusion>` when
 `fusion` is set (concat, sum, mul or mean of the two embeddings; L2-normalised first when `normalize: true`).
-A bare integer (the 2.0 spelling) selects both embeddings.
+A bare integer (the 2.0 spelling) selects both embeddings. Each tower's own layers: `vision.last_hidden_state`,
+`vision.hidden_states.N`, `text.last_hidden_state`, `text.hidden_states.N` (N < 0 counts from the end), pooled
+with `pooling` (default: cls for the vision tower, attention-masked mean for the text tower; none keeps the tokens).
+Text-tower layers are written under the textual output path.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,15 +21,18 @@ import torch
 
 from ..config.schema import JointModelSpec
 from ..device import autocast
-from ..errors import bad_value
+from ..errors import ConfigError, bad_value
 from ..model_store import locate
 from .base import Layer
 from .hf_vision import ImageLoader
+from .pooling import pool
 from .text_common import count_truncated, token_limit
 
 log = logging.getLogger("ducho")
 
 EMBEDDINGS = ("image_embeds", "text_embeds")
+TOWER = re.compile(r"^(vision|text)\.(last_hidden_state|hidden_states\.-?\d+)$")
+DEFAULT_POOLING = {"vision": "cls", "text": "mean"}
 
 
 class PairLoader:
@@ -47,8 +54,14 @@ def parse_layers(spec: JointModelSpec) -> tuple[Layer, ...]:
             layers += [Layer(name, name) for name in EMBEDDINGS if name not in {la.name for la in layers}]
         elif folder in EMBEDDINGS:
             layers.append(Layer(folder, folder))
+        elif TOWER.match(folder):
+            tower = folder.split(".", 1)[0]
+            layers.append(Layer(folder, folder, "mean" if spec.pooling == "avg" else
+                                spec.pooling or DEFAULT_POOLING[tower]))
         else:
-            raise bad_value("output_layers", folder, [*EMBEDDINGS, "N (2.0: both)"], what="layer")
+            raise bad_value("output_layers", folder, [*EMBEDDINGS, "vision.last_hidden_state", "vision.hidden_states.N",
+                                                      "text.last_hidden_state", "text.hidden_states.N",
+                                                      "N (2.0: both)"], what="layer")
     if spec.fusion:
         layers.append(Layer(f"fused_{spec.fusion}", f"fused_{spec.fusion}"))
     return tuple(layers)
@@ -92,7 +105,20 @@ class TransformersJoint:
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.limit = token_limit(self.tokenizer, text_config, spec.max_length)
         self.layers = parse_layers(spec)
+        self._check_hidden_ranges()
         self.truncated = 0
+
+    def _check_hidden_ranges(self) -> None:
+        for layer in self.layers:
+            match = TOWER.match(layer.name)
+            if not match or not match.group(2).startswith("hidden_states."):
+                continue
+            tower, index = match.group(1), int(match.group(2).rsplit(".", 1)[1])
+            config = getattr(self.model.config, f"{tower}_config", None)
+            count = getattr(config, "num_hidden_layers", None)
+            if count is not None and not -(count + 1) <= index <= count:
+                raise ConfigError(f"output_layers: {layer.folder!r} is out of range; the {tower} tower has "
+                                  f"{count + 1} hidden states ({tower}.hidden_states.0 .. {count}, or negative)")
 
     def sort_key(self, payload: tuple[str, str]) -> int:
         return len(payload[1])
@@ -108,16 +134,32 @@ class TransformersJoint:
     def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
         self.truncated += batch["truncated"]
         text = {k: v.to(self.device) for k, v in batch["text"].items()}
+        towers = {layer.name.split(".", 1)[0] for layer in self.layers if TOWER.match(layer.name)}
         with torch.inference_mode(), autocast(self.device, self.spec.precision):
-            image = _embeddings(self.model.get_image_features(pixel_values=batch["pixels"].to(self.device)))
-            words = _embeddings(self.model.get_text_features(**text))
-        image, words = image.float(), words.float()
+            seen = self.model.get_image_features(pixel_values=batch["pixels"].to(self.device), return_dict=True,
+                                                 output_hidden_states="vision" in towers)
+            read = self.model.get_text_features(**text, return_dict=True, output_hidden_states="text" in towers)
+        image, words = _embeddings(seen).float(), _embeddings(read).float()
         values = {"image_embeds": image, "text_embeds": words}
+        for layer in self.layers:
+            if TOWER.match(layer.name):
+                values[layer.name] = self._tower_layer(layer, seen, read, text.get("attention_mask"))
         if self.spec.fusion:
             if self.spec.normalize:
                 image, words = (torch.nn.functional.normalize(v, dim=-1) for v in (image, words))
             values[f"fused_{self.spec.fusion}"] = fuse(image, words, self.spec.fusion)
-        return {layer.folder: list(values[layer.name].cpu().numpy()) for layer in self.layers}
+        return {layer.folder: [v.float().cpu().numpy() for v in values[layer.name]] for layer in self.layers}
+
+    @staticmethod
+    def _tower_layer(layer: Layer, seen: Any, read: Any, mask: torch.Tensor | None) -> Any:
+        """One tower's tokens (batch, tokens, dim), pooled; text padding is masked out."""
+        tower, name = layer.name.split(".", 1)
+        out = seen if tower == "vision" else read
+        steps = out.last_hidden_state if name == "last_hidden_state" else \
+            out.hidden_states[int(name.rsplit(".", 1)[1])]
+        if tower == "vision" or mask is None:
+            mask = torch.ones(steps.shape[:2], dtype=torch.long, device=steps.device)
+        return pool(steps.float(), mask.to(steps.device), layer.pooling)
 
     def describe(self) -> dict[str, Any]:
         return {
