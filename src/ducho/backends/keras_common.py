@@ -5,7 +5,6 @@ image loader that runs in worker processes."""
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import random
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..hashing import file_sha256  # noqa: F401  (re-exported)
 
 SEED = 0  # random weights are seeded, so a resumed run computes the same features
 RANDOM_WEIGHTS = ("none", "random")
@@ -132,13 +133,6 @@ def is_weights_file(weights: str | None) -> bool:
     return bool(weights) and not is_random(weights) and weights.lower() != "imagenet" and (
         weights.lower().endswith(WEIGHTS_SUFFIXES) or Path(weights).expanduser().is_file())
 
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).expanduser().open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

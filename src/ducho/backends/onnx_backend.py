@@ -5,7 +5,6 @@ transformers backends prepare them, so an exported model (`ducho export-onnx`) w
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import torch
 
 from ..config.schema import AudioModelSpec, ModelSpec, TextModelSpec, VisualModelSpec
 from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
+from ..hashing import file_sha256
 from ..preprocess.image import ImagePipeline, with_overrides
 from .audio_common import AudioLoader, audio_pooling, channels_first_frames, make_windows, run_windows, windowing
 from .audio_common import preprocessing as audio_preprocessing
@@ -47,13 +47,6 @@ def check(spec: ModelSpec) -> str:
     """Where the model comes from, without building a session."""
     return f"onnx file: {onnx_file(spec).resolve()}"
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def opsets(path: Path) -> dict[str, int]:

@@ -3,7 +3,6 @@ capture (torch.fx feature extractor, forward hooks when FX cannot trace), and sp
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import warnings
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import ConfigError, ModelNotFoundError
+from ..hashing import file_sha256  # noqa: F401  (re-exported)
 
 log = logging.getLogger("ducho")
 T = TypeVar("T")
@@ -94,13 +94,6 @@ def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
         raise ConfigError(f"weights {str(path)!r} do not fit the model: missing {result.missing_keys[:5]}, "
                           f"unexpected {result.unexpected_keys[:5]}")
 
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).expanduser().open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LayerCapture:

@@ -8,7 +8,6 @@ streams the kept rows.
 from __future__ import annotations
 
 import csv
-import hashlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ..config.schema import TextModelSpec, TextualSource
 from ..errors import ConfigError, DuchoError, did_you_mean
+from ..hashing import file_sha256
 from ..ids import RecordKey
 from ..preprocess.text import clear_text
 from .base import Record, Skip
@@ -170,11 +170,7 @@ class TextTable:
 
     def fingerprint(self, scan: Scan) -> str:
         """sha256 of the TSV file."""
-        digest = hashlib.sha256()
-        with self.path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.path)
 
     def _origin(self, index: int) -> str:
         return f"{self.path.name}: row {index + 1}"
