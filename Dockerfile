@@ -3,7 +3,7 @@
 # (the torch 2.14.1 wheel on PyPI is a CUDA build and also runs on the CPU).
 FROM python:3.11-slim
 
-ARG EXTRAS=text,vision,audio,handcrafted,open_clip,tensorflow,dev
+ARG EXTRAS=text,vision,audio,handcrafted,open_clip,onnx,tensorflow,dev
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     TOKENIZERS_PARALLELISM=false \

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= text,vision,audio,handcrafted,open_clip,tensorflow,dev
+EXTRAS ?= text,vision,audio,handcrafted,open_clip,onnx,tensorflow,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 export HF_HUB_OFFLINE ?= 1
