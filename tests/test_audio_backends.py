@@ -266,3 +266,21 @@ def test_transformers_windows_and_description(tiny_hf: Path, tmp_path: Path) -> 
     assert described["sample_rate"] == RATE and described["preprocessing"]["window_seconds"] == 1.0
     assert extractor.layer_shapes() == {"last_hidden_state": (32,)}
     assert extractor.sort_key(str(path)) == 0
+
+
+def test_model_files_torchscript_and_pickled_behind_trust_pickle(tmp_path: Path) -> None:
+    from ducho.backends.torch_audio import TorchAudio
+    from ducho.errors import ConfigError
+
+    torch.manual_seed(4)
+    net = build_tiny().eval()
+    wave = torch.from_numpy(np.sin(np.arange(16000) / 9.0).astype(np.float32))
+    torch.jit.save(torch.jit.trace(net, wave[None, :8000]), tmp_path / "net.ts")
+    torch.save(net, tmp_path / "net.pt")
+    scripted = TorchAudio(AudioModelSpec(model_name=str(tmp_path / "net.ts"), output_layers=["output"]), "cpu")
+    pickled = TorchAudio(AudioModelSpec(model_name=str(tmp_path / "net.pt"), output_layers=["output"],
+                                        trust_pickle=True), "cpu")
+    first = scripted.forward(scripted.prepare([wave]))["output"][0]
+    assert np.abs(first - pickled.forward(pickled.prepare([wave]))["output"][0]).max() < 1e-5
+    with pytest.raises(ConfigError, match="pickled model: loading it runs code"):
+        TorchAudio.check(AudioModelSpec(model_name=str(tmp_path / "net.pt")))

@@ -53,7 +53,9 @@ from .torch_common import (
     first_tensor,
     is_user_callable,
     is_weights_file,
+    load_model_file,
     load_weights_file,
+    refuse_untrusted_file,
     seeded,
 )
 
@@ -338,6 +340,10 @@ class _User(_Model):
 
     def __init__(self, spec: AudioModelSpec) -> None:
         mode = _weights_mode(spec.weights)
+        self.capture: LayerCapture | None = None
+        if Path(spec.model_name).expanduser().is_file():  # TorchScript, or a pickled module (trust_pickle)
+            self.module, self.source = load_model_file(spec)
+            return
         self.module = seeded(lambda: build_user_model(spec.model_name))
         self.source = {"callable": spec.model_name, "weights": "as built by the callable"}
         if mode == "file":
@@ -345,7 +351,6 @@ class _User(_Model):
             self.source["weights"] = {"file": spec.weights, "sha256": file_sha256(spec.weights)}
         elif mode == "random":
             self.source["weights"] = f"random (seed {SEED}, before the callable runs)"
-        self.capture: LayerCapture | None = None
 
     def prepare_capture(self, names: list[str]) -> None:
         modules = [n for n in names if n != "output"]
@@ -409,7 +414,7 @@ def build_model(spec: AudioModelSpec) -> _Model:
         return _Crepe(name.lower(), spec.weights)
     if name.lower() == RESEMBLYZER:
         return _Resemblyzer(spec.weights)
-    if is_user_callable(name):
+    if is_user_callable(name) or Path(name).expanduser().is_file():
         return _User(spec)
     bundle = find_bundle(name)
     if bundle is None:
@@ -463,6 +468,9 @@ class TorchAudio:
             except ImportError as error:
                 raise ModelNotFoundError(f"model {name!r} needs the {package} package ({error})") from error
             return f"packaged copy ({package})" + (f", {weights}" if weights else "")
+        if Path(name).expanduser().is_file():
+            refuse_untrusted_file(spec)
+            return f"user model file {name}"
         if is_user_callable(name):
             import importlib
 

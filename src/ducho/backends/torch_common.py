@@ -160,3 +160,43 @@ def first_tensor(output: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
             return value
     raise ConfigError(f"layer output of type {type(output).__name__} holds no tensor")
+
+
+def is_torchscript(path: Path) -> bool:
+    """A `torch.jit.save` archive (a zip holding `code/`)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def refuse_untrusted_file(spec: Any) -> None:
+    """A whole pickled model file (what the reference releases saved) runs code from the file when unpickled:
+    refused unless `trust_pickle: true`; a state dict alone does not say which architecture to build."""
+    path = Path(spec.model_name).expanduser()
+    if spec.trust_pickle or is_torchscript(path):
+        return
+    try:
+        read_state_dict(path)
+    except ConfigError:
+        raise ConfigError(f"model_name {spec.model_name!r} is a pickled model: loading it runs code from the "
+                          "file. Set trust_pickle: true if you trust it, or save model.state_dict() and "
+                          "use model_name: <architecture>, weights: <file>") from None
+    raise ConfigError(f"model_name {spec.model_name!r} holds only weights (a state dict); name the "
+                      "architecture instead: model_name: <a library name or module:callable>, weights: <file>")
+
+
+def load_model_file(spec: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A model file as `model_name`: a TorchScript archive (only its output is reachable: layer `output`), or a
+    whole pickled module behind `trust_pickle: true`."""
+    refuse_untrusted_file(spec)
+    path = Path(spec.model_name).expanduser()
+    info: dict[str, Any] = {"weights": str(path), "weights_sha256": file_sha256(path)}
+    if is_torchscript(path):
+        return torch.jit.load(str(path), map_location="cpu"), {**info, "loaded_with": "torch.jit.load (TorchScript)"}
+    model = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model_name {spec.model_name!r} holds a {type(model).__name__}, not an nn.Module")
+    return model, {**info, "loaded_with": "torch.load(weights_only=False), trust_pickle: true"}

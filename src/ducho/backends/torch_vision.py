@@ -125,44 +125,9 @@ def _user_callable(spec: VisualModelSpec) -> Built:
     return Built(model, ImagePipeline(), info)
 
 
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
-
-
-def _refuse_untrusted_file(spec: VisualModelSpec) -> None:
-    """A whole pickled model file (what the reference releases saved) runs code from the file when unpickled:
-    refused unless `trust_pickle: true`; a state dict alone does not say which architecture to build."""
-    path = Path(spec.model_name).expanduser()
-    if spec.trust_pickle or _is_torchscript(path):
-        return
-    try:
-        common.read_state_dict(path)
-    except ConfigError:
-        raise ConfigError(f"model_name {spec.model_name!r} is a pickled model: loading it runs code from the "
-                          "file. Set trust_pickle: true if you trust it, or save model.state_dict() and "
-                          "use model_name: <architecture>, weights: <file>") from None
-    raise ConfigError(f"model_name {spec.model_name!r} holds only weights (a state dict); name the "
-                      "architecture instead: model_name: <torchvision name or module:callable>, weights: <file>")
-
-
 def _user_file(spec: VisualModelSpec) -> Built:
-    """A TorchScript archive (`torch.jit.save`; only its output is extractable: layer `output`), or a whole pickled
-    module behind `trust_pickle: true`."""
-    _refuse_untrusted_file(spec)
-    path = Path(spec.model_name).expanduser()
-    info = {"weights": str(path), "weights_sha256": common.file_sha256(path)}
-    if _is_torchscript(path):
-        return Built(torch.jit.load(str(path), map_location="cpu"), ImagePipeline(),
-                     {**info, "loaded_with": "torch.jit.load (TorchScript)"})
-    model = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"model_name {spec.model_name!r} holds a {type(model).__name__}, not an nn.Module")
-    return Built(model, ImagePipeline(), {**info, "loaded_with": "torch.load(weights_only=False), trust_pickle: true"})
+    module, info = common.load_model_file(spec)
+    return Built(module, ImagePipeline(), info)
 
 
 def build(spec: VisualModelSpec) -> Built:
@@ -188,7 +153,7 @@ def check(spec: VisualModelSpec) -> str:
     if name.lower() in PACKAGED:
         return f"packaged: {name.lower()}"
     if Path(name).expanduser().is_file():
-        _refuse_untrusted_file(spec)
+        common.refuse_untrusted_file(spec)
         return f"user model file: {name}"
     if common.is_user_callable(name):
         return f"user model: {name}"
