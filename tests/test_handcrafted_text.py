@@ -296,3 +296,20 @@ def test_run_matrix_format(tmp_path: Path) -> None:
     assert (out / "tfidf" / "ids.tsv").read_text(encoding="utf-8").split() == ["item"] + [f"i{n}" for n in range(5)]
     assert np.load(out / "stats" / "features.npy").shape == (len(ITEMS), 10)
     assert (out / "stats" / VOCABULARY_FILE).is_file()
+
+
+def test_run_sparse_format_is_the_same_matrix_in_csr(tmp_path: Path) -> None:
+    from scipy import sparse
+
+    result = ducho.run(items_config(tmp_path, format="sparse"), progress=False)
+    out = result.jobs[0].output_dir / "tfidf"
+    matrix = sparse.load_npz(out / "features.npz")
+    assert sparse.issparse(matrix) and matrix.dtype == np.float32
+    expected = direct(ITEMS).transform(ITEMS)
+    assert matrix.nnz == expected.nnz  # only the non-zeros are stored
+    np.testing.assert_allclose(matrix.toarray(), expected.toarray(), rtol=1e-6)
+    assert (out / "ids.tsv").read_text(encoding="utf-8").split() == ["item"] + [f"i{n}" for n in range(5)]
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["status"] == "complete" and "scipy.sparse CSR" in manifest["layout"]
+    again = ducho.run(items_config(tmp_path, format="sparse"), progress=False)
+    assert again.jobs[0].extracted == 0 and sparse.load_npz(out / "features.npz").nnz == expected.nnz

@@ -92,7 +92,7 @@ class LayerWriter:
         for entry in self.folder.iterdir():
             if entry.name == PARTS:
                 shutil.rmtree(entry)
-            elif entry.suffix in (".npy", ".tsv", ".json") or entry.name.endswith(".tmp"):
+            elif entry.suffix in (".npy", ".npz", ".tsv", ".json") or entry.name.endswith(".tmp"):
                 entry.unlink()
 
     def check_shape(self, array: np.ndarray) -> None:
@@ -175,6 +175,11 @@ class MatrixWriter(LayerWriter):
     def _id_line(self, key: RecordKey) -> str:
         return f"{key.user}\t{key.item}\n" if self.interactions else f"{key.item}\n"
 
+    def _join_ids(self, parts: Sequence[Path]) -> None:
+        header = "user\titem\n" if self.interactions else "item\n"
+        ids = "".join(p.with_suffix(".ids.tsv").read_text(encoding="utf-8") for p in parts)
+        write_text(self.folder / "ids.tsv", header + ids)
+
     def finish(self) -> int:
         """Join the parts into features.npy + ids.tsv without holding them all in memory."""
         if self.complete:
@@ -185,7 +190,6 @@ class MatrixWriter(LayerWriter):
         arrays = [np.load(p, mmap_mode="r") for p in parts]
         total = sum(a.shape[0] for a in arrays)
         self.shape = tuple(arrays[0].shape[1:])
-        header = "user\titem\n" if self.interactions else "item\n"
         tmp = self.folder / ".features.npy.tmp"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, *self.shape))
         start = 0
@@ -194,16 +198,58 @@ class MatrixWriter(LayerWriter):
             start += array.shape[0]
         out.flush()
         del out
-        id_text = header + "".join(p.with_suffix(".ids.tsv").read_text(encoding="utf-8") for p in parts)
-        write_text(self.folder / "ids.tsv", id_text)
+        self._join_ids(parts)
         os.replace(tmp, self.folder / "features.npy")
         shutil.rmtree(self.parts)
         return total
 
 
+class SparseMatrixWriter(MatrixWriter):
+    """`<folder>/features.npz`: a scipy.sparse CSR matrix (N, D) of float32, with ids.tsv in the same row order.
+    For mostly-zero features (TF-IDF): the disk and memory cost follows the non-zeros, not N x D."""
+
+    layout = "features.npz (scipy.sparse CSR, N x D) with ids.tsv in the same row order"
+
+    def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
+        return self.complete or (self.parts / f"{chunk:06d}.npz").is_file()
+
+    def write(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
+              arrays: Sequence[np.ndarray]) -> None:
+        if any(np.ndim(array) != 1 for array in arrays):
+            raise DuchoError(f"{self.folder}: format sparse needs one vector per record (pool the layer)")
+        super().write(chunk, positions, keys, arrays)
+
+    def end_chunk(self, chunk: int, size: int) -> None:
+        from scipy import sparse
+
+        if not self.pending:
+            return
+        order = sorted(self.pending)
+        rows = sparse.csr_matrix(np.stack([self.pending[p][1] for p in order]).astype(np.float32))
+        write_text(self.parts / f"{chunk:06d}.ids.tsv", "".join(self._id_line(self.pending[p][0]) for p in order))
+        atomic_write(self.parts / f"{chunk:06d}.npz", lambda handle: sparse.save_npz(handle, rows))
+        self.written += len(order)
+        self.pending.clear()
+
+    def finish(self) -> int:
+        from scipy import sparse
+
+        if self.complete:
+            return self.previous_count
+        parts = sorted(self.parts.glob("*.npz")) if self.parts.is_dir() else []
+        if not parts:
+            return 0
+        matrix = sparse.vstack([sparse.load_npz(p) for p in parts], format="csr", dtype=np.float32)
+        self.shape = (int(matrix.shape[1]),)
+        self._join_ids(parts)
+        atomic_write(self.folder / "features.npz", lambda handle: sparse.save_npz(handle, matrix))
+        shutil.rmtree(self.parts)
+        return int(matrix.shape[0])
+
+
 def open_writer(fmt: str, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
                 interactions: bool) -> LayerWriter:
-    cls = MatrixWriter if fmt == "matrix" else NpyWriter
+    cls = {"matrix": MatrixWriter, "sparse": SparseMatrixWriter}.get(fmt, NpyWriter)
     return cls(folder, fingerprint, input_sha256, overwrite, interactions)
 
 

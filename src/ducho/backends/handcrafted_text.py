@@ -10,9 +10,9 @@ installed). Every record gets one float32 vector per family. Texts are NFC-norma
   with their combining marks (Greek, Cyrillic, Devanagari, CJK split by spaces, accents), single letters
   included; digits, `_` and punctuation separate tokens. Japanese or Chinese without spaces is one token per
   run: segment it before, or pass your own `token_pattern`.
-  Output is dense: the writers store float32 arrays, so each record costs 4 * V bytes (16 KiB per .npy at the
-  default V = 4096) and `format: matrix` writes an N x V float32 file (1M items x 4096 = 16 GB). Cap
-  `max_features` for large corpora. Sparse (.npz) output is not offered: the writers store dense arrays only.
+  With `format: npy` or `matrix` each record is a dense float32 vector (16 KiB at the default V = 4096; a
+  1M x 4096 matrix is 16 GB); `format: sparse` writes one scipy.sparse CSR `features.npz` whose size follows
+  the non-zeros, which is what large corpora want.
 - `stats` (10,): characters, words, mean_word_length, sentences, uppercase_fraction, digit_fraction,
   punctuation_fraction, type_token_ratio, exclamation_marks, question_marks (see `text_stats`).
 - `language` (len(languages) + 2,): py3langid over its ~140 languages; one-hot over `params.languages`
@@ -440,5 +440,5 @@ class HandcraftedText:
                 **settings, "token_pattern": "letters of every script" if default else self.settings["token_pattern"],
                 "vocabulary_size": dims["tfidf"], "vocabulary_path": self.path, "fitted_on_texts": self.documents,
                 "vocabulary_sha256": hashlib.sha256(self.vocabulary).hexdigest() if self.vocabulary else None,
-                "output": "dense float32"}
+                "output": "float32 vectors (format: sparse stores them as CSR)"}
         return described

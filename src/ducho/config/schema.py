@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 Pooling = Literal["mean", "avg", "cls", "max", "none"]
-OutputFormat = Literal["npy", "matrix"]
+OutputFormat = Literal["npy", "matrix", "sparse"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 EmptyTextPolicy = Literal["skip", "encode"]
 DuplicatePolicy = Literal["first", "last", "skip_all"]
