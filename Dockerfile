@@ -9,7 +9,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     TOKENIZERS_PARALLELISM=false \
     TF_CPP_MIN_LOG_LEVEL=2
 
-RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
+# gcc: webrtcvad (resemblyzer's dependency) is built from source
+RUN apt-get update && apt-get install -y --no-install-recommends make gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/ducho
 COPY pyproject.toml README.md Makefile ./
