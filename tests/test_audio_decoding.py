@@ -408,7 +408,7 @@ def test_split_channels_first():
     windows = split_windows(wave, 4)
     assert [w.shape for w in windows] == [(2, 4), (2, 4), (2, 2)]
     np.testing.assert_array_equal(windows[1], wave[:, 4:8])
-    assert all(w.flags.c_contiguous for w in windows)
+    assert all(np.shares_memory(w, wave) for w in windows)  # views: a long track is never copied per window
 
 
 @pytest.mark.parametrize(("window", "hop"), [(0, None), (4, 0), (-1, 2)])

@@ -71,14 +71,10 @@ class Windowing:
         return None if self.hop_seconds is None else max(1, round(self.hop_seconds * self.sample_rate))
 
     def split(self, wave: torch.Tensor) -> list[torch.Tensor]:
-        """Views of the last axis, every `hop` samples, until a window reaches the end (the last one keeps its
-        shorter length); no copy of the track is made."""
-        if self.window is None:
-            return [wave]
-        hop, starts = self.hop or self.window, [0]
-        while starts[-1] + self.window < wave.shape[-1]:
-            starts.append(starts[-1] + hop)
-        return [wave[..., start:start + self.window] for start in starts]
+        """Views of the last axis (`split_windows`): no copy of the track is made."""
+        from ..media.audio import split_windows
+
+        return [wave] if self.window is None else split_windows(wave, self.window, self.hop)
 
     def describe(self) -> dict[str, Any]:
         return {"window_seconds": self.window_seconds if self.window_seconds is not None else "whole clip",

@@ -32,6 +32,7 @@ from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
 from ..preprocess.image import IMAGENET_MEAN, IMAGENET_STD
 from . import keras_common as common
 from .base import Layer
+from .pooling import feature_map_layers
 
 log = logging.getLogger("ducho")
 
@@ -255,18 +256,8 @@ class KerasVision:
         return pooled[-1] if pooled else self.available[-2 if len(self.available) > 1 else -1]
 
     def _parse_layers(self) -> tuple[Layer, ...]:
-        pooling = self.spec.pooling or "none"
-        if pooling == "cls":
-            raise bad_value("pooling", pooling, ["avg", "mean", "max", "none"], what="pooling of a feature map")
-        layers = []
-        for folder in self.spec.output_layers or [self._default_layer()]:
-            if folder not in self.available:
-                raise ConfigError(f"output_layers: {folder!r} is not a layer of {self.spec.model_name}"
-                                  f"{did_you_mean(folder, self.available)}; `ducho layers {self.spec.model_name} "
-                                  f"--backend tensorflow` lists all {len(self.available)}, e.g. "
-                                  f"{', '.join(self.available[-6:])}")
-            layers.append(Layer(folder, folder, pooling))
-        return tuple(layers)
+        return feature_map_layers(self.spec, self.available, set(), self._default_layer(),
+                                  f"ducho layers {self.spec.model_name} --backend tensorflow")
 
     def sort_key(self, payload: Any) -> int:
         return 0

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+
+from ..errors import ConfigError, bad_value, did_you_mean
+from .base import Layer
 
 POOLINGS = ("mean", "avg", "cls", "max", "none")  # avg is mean (the reference spelling for images)
 
@@ -44,3 +49,19 @@ def to_numpy(value: torch.Tensor | list[torch.Tensor]) -> np.ndarray | list[np.n
     if isinstance(value, list):
         return [v.detach().float().cpu().numpy() for v in value]
     return value.detach().float().cpu().numpy()
+
+
+def feature_map_layers(spec: Any, names: list[str], also: set[str], default: str, listing: str) -> tuple[Layer, ...]:
+    """The requested layers of a CNN-style backend (names as the library spells them; `also` are further accepted
+    names), pooled as `spec.pooling` says (none by default; cls has no meaning for a feature map)."""
+    pooling = spec.pooling or "none"
+    if pooling == "cls":
+        raise bad_value("pooling", pooling, ["avg", "mean", "max", "none"], what="pooling of a feature map")
+    layers = []
+    for folder in spec.output_layers or [default]:
+        if folder not in names and folder not in also:
+            raise ConfigError(f"output_layers: {folder!r} is not a layer of {spec.model_name}"
+                              f"{did_you_mean(folder, names)}; `{listing}` lists all {len(names)}, e.g. "
+                              f"{', '.join(names[-6:])}")
+        layers.append(Layer(folder, folder, pooling))
+    return tuple(layers)

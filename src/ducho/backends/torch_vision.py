@@ -20,7 +20,7 @@ from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
 from ..preprocess.image import ImagePipeline, from_weights, with_overrides
 from . import torch_common as common
 from .base import Layer
-from .pooling import pool_spatial, to_numpy
+from .pooling import feature_map_layers, pool_spatial, to_numpy
 
 log = logging.getLogger("ducho")
 
@@ -202,20 +202,9 @@ class TorchVision:
         self.capture.module.eval().to(device, memory_format=torch.channels_last)
 
     def _parse_layers(self) -> tuple[Layer, ...]:
-        requested = self.spec.output_layers or [next((n for n in DEFAULT_LAYERS if n in self.available),
-                                                     self.available[-1])]
-        pooling = self.spec.pooling or "none"
-        if pooling == "cls":
-            raise bad_value("pooling", pooling, ["avg", "mean", "max", "none"], what="pooling of a feature map")
-        layers = []
+        default = next((n for n in DEFAULT_LAYERS if n in self.available), self.available[-1])
         modules = {name for name, _ in self.model.named_modules()} - {""}  # a module name: its last node's output
-        for folder in requested:
-            if folder not in self.available and folder not in modules:
-                raise ConfigError(f"output_layers: {folder!r} is not a layer of {self.spec.model_name}"
-                                  f"{did_you_mean(folder, self.available)}; `ducho layers {self.spec.model_name}` "
-                                  f"lists all {len(self.available)}, e.g. {', '.join(self.available[-6:])}")
-            layers.append(Layer(folder, folder, pooling))
-        return tuple(layers)
+        return feature_map_layers(self.spec, self.available, modules, default, f"ducho layers {self.spec.model_name}")
 
     def sort_key(self, payload: Any) -> int:
         return 0

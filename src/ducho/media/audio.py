@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,21 +61,17 @@ def read_audio(
     return wave
 
 
-def split_windows(wave: np.ndarray, window: int, hop: int | None = None) -> list[np.ndarray]:
-    """Cut the last axis into windows of `window` samples every `hop` (default: window); the last window keeps its
-    own (shorter) length; a wave shorter than one window is one window."""
+def split_windows(wave: Any, window: int, hop: int | None = None) -> list[Any]:
+    """Views of the last axis (numpy arrays or torch tensors, no copy): windows of `window` samples every `hop`
+    (default: window) until one reaches the end; the last keeps its own (shorter) length; a wave shorter than
+    one window is one window."""
     hop = window if hop is None else hop
     if window <= 0 or hop <= 0:
         raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
-    total = wave.shape[-1]
-    if total <= window:
-        return [np.ascontiguousarray(wave)]
-    windows = []
-    for start in range(0, total, hop):
-        windows.append(np.ascontiguousarray(wave[..., start : start + window]))
-        if start + window >= total:
-            break
-    return windows
+    starts = [0]
+    while starts[-1] + window < wave.shape[-1]:
+        starts.append(starts[-1] + hop)
+    return [wave[..., start : start + window] for start in starts]
 
 
 def _check_arguments(sample_rate: int, offset: float, max_seconds: float | None) -> None:
