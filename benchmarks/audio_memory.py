@@ -1,6 +1,8 @@
-"""Peak memory (max RSS) of `ducho run` on ONE 10-second clip and on ONE 10-minute clip (44.1 kHz stereo FLAC),
-each in a fresh process: WAV2VEC2_BASE with random weights, default 10 s windows, batch size 4. Goal: memory bounded
-by the window, not the track: ratio close to 1, far below the 60x length ratio. Decoding runs in worker processes
+"""Peak memory (max RSS) of `ducho run` on ONE clip of 10 s, 40 s, 10 min and 20 min (44.1 kHz stereo FLAC), each in a
+fresh process: WAV2VEC2_BASE with random weights, default 10 s windows. A track's windows run `batch_size` at a time,
+so memory is bounded by `batch_size` windows, never by the track: with batch 1 the 10 min clip should peak like the
+10 s one, and with batch 4 the 10 and 20 min clips like the 40 s one (its 4 windows fill one forward). Goal: ratios
+close to 1, far below the 60x length ratio. Decoding runs in worker processes
 (unless --workers 0); their peak (RUSAGE_CHILDREN, which includes the pages shared with the parent at fork) is
 printed beside the main process's.
 
@@ -67,19 +69,32 @@ audio:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", type=float, default=10.0, help="seconds of the short clip")
+    parser.add_argument("--short", type=float, default=10.0, help="seconds of the short clip (one window)")
     parser.add_argument("--long", type=float, default=600.0, help="seconds of the long clip")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None, help="ducho decode processes (default: auto)")
     args = parser.parse_args()
-    short = peak_rss_mib(args.short, args.batch_size, args.workers)
-    long = peak_rss_mib(args.long, args.batch_size, args.workers)
-    assert short[0] == long[0] == 1, f"extracted {short[0]} and {long[0]} clips"
-    print(f"WAV2VEC2_BASE, 10 s windows, batch {args.batch_size}, workers {args.workers or 'auto'}: "
-          f"{args.short:g} s clip -> peak RSS {short[1]:.0f} MiB (decode worker {short[2]:.0f} MiB); "
-          f"{args.long:g} s clip -> {long[1]:.0f} MiB (decode worker {long[2]:.0f} MiB); "
-          f"ratio {long[1] / short[1]:.3f} (worker {long[2] / max(short[2], 1e-9):.3f}); length ratio "
-          f"{args.long / args.short:.0f}x (goal: ratio close to 1)")
+    window = 10.0
+    full = window * args.batch_size  # the shortest clip whose windows fill one forward of `batch_size` windows
+    runs = [(1, args.short), (1, args.long), (args.batch_size, args.short), (args.batch_size, full),
+            (args.batch_size, args.long), (args.batch_size, 2 * args.long)]
+    peaks = {}
+    for batch_size, seconds in runs:
+        extracted, main_mib, worker_mib = peak_rss_mib(seconds, batch_size, args.workers)
+        assert extracted == 1, f"extracted {extracted} clips"
+        peaks[batch_size, seconds] = main_mib
+        print(f"batch {batch_size}, {seconds:g} s clip ({max(1, round(seconds / window))} windows): peak RSS "
+              f"{main_mib:.0f} MiB (decode worker {worker_mib:.0f} MiB)", flush=True)
+    b = args.batch_size
+    print(f"WAV2VEC2_BASE, {window:g} s windows, workers {args.workers or 'auto'}. Ratios (goal: close to 1, far "
+          f"below the {args.long / args.short:.0f}x length ratio):\n"
+          f"  batch 1 (one window per forward for both): {args.long:g} s / {args.short:g} s = "
+          f"{peaks[1, args.long] / peaks[1, args.short]:.3f}\n"
+          f"  batch {b}: {args.long:g} s / {full:g} s (both fill forwards of {b} windows) = "
+          f"{peaks[b, args.long] / peaks[b, full]:.3f}; {2 * args.long:g} s / {args.long:g} s = "
+          f"{peaks[b, 2 * args.long] / peaks[b, args.long]:.3f}\n"
+          f"  batch {b}: {args.long:g} s / {args.short:g} s = {peaks[b, args.long] / peaks[b, args.short]:.3f} "
+          f"(the {args.short:g} s clip runs a 1-window forward: this is the batch's size, not the track's)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config.schema import AudioModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
 from .audio_common import (
@@ -157,7 +157,7 @@ class TransformersAudio:
 
     def _encode(self, stacked: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         inputs = {k: v.to(self.device) for k, v in stacked.items() if k in self.accepted}
-        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+        with forward_context(self.device, self.spec.precision):
             out, pooled, embeds = self._run(inputs)
         valid = self._valid_frames(stacked)
         result: dict[str, list[torch.Tensor]] = {}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config.schema import JointModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
 from .base import Layer
@@ -135,7 +135,7 @@ class TransformersJoint:
         self.truncated += batch["truncated"]
         text = {k: v.to(self.device) for k, v in batch["text"].items()}
         towers = {layer.name.split(".", 1)[0] for layer in self.layers if TOWER.match(layer.name)}
-        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+        with forward_context(self.device, self.spec.precision):
             seen = self.model.get_image_features(pixel_values=batch["pixels"].to(self.device), return_dict=True,
                                                  output_hidden_states="vision" in towers)
             read = self.model.get_text_features(**text, return_dict=True, output_hidden_states="text" in towers)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config.schema import TextModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
 from .base import Layer
@@ -120,7 +120,7 @@ class TransformersText:
         if self.base is not self.model:  # task model: the base model's own outputs, captured in the same pass
             hook = self.base.register_forward_hook(lambda _m, _i, out: captured.setdefault("base", out))
         try:
-            with torch.inference_mode(), autocast(self.device, self.spec.precision):
+            with forward_context(self.device, self.spec.precision):
                 out = self.model(**inputs, output_hidden_states=self.need_hidden, return_dict=True)
         finally:
             if hook is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config.schema import VisualModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..media.image import decode_image
 from ..model_store import locate
@@ -293,7 +293,7 @@ class TransformersVision:
                 captured.setdefault("inner", {k: getattr(out, k, None) for k in (*OUTPUT_NAMES, "hidden_states")})
             hook = inner.register_forward_hook(keep)
         try:
-            with torch.inference_mode(), autocast(self.device, self.spec.precision):
+            with forward_context(self.device, self.spec.precision):
                 if self.clip_like:
                     out = self.model.get_image_features(pixel_values=pixels, output_hidden_states=hidden,
                                                         return_dict=True, **self.extra)

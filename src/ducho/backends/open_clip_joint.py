@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..config.schema import JointModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..errors import ConfigError, ModelNotFoundError, did_you_mean
 from ..media.image import decode_image
 from .base import Layer
@@ -105,7 +105,7 @@ class OpenClipJoint:
                 "tokens": self.tokenizer([text for _, text in items])}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Sequence[np.ndarray]]:
-        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+        with forward_context(self.device, self.spec.precision):
             image = self.model.encode_image(batch["pixels"].to(self.device)).float()
             words = self.model.encode_text(batch["tokens"].to(self.device)).float()
         values = {"image_embeds": image, "text_embeds": words}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..config.schema import TextModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..model_store import locate
 from .base import Layer
 from .pooling import pool, to_numpy
@@ -67,7 +67,7 @@ class SentenceTransformersText:
     def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
         self.truncated += batch["truncated"]
         features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
-        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+        with forward_context(self.device, self.spec.precision):
             out = self.model(features)
         result: dict[str, Sequence[np.ndarray]] = {}
         for layer in self.layers:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..config.schema import AudioModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..errors import ConfigError, ModelNotFoundError
 from .audio_common import (
     AudioLoader,
@@ -513,7 +513,7 @@ class TorchAudio:
     def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
         def encode(stacked: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
             stacked = {k: v.to(self.device) for k, v in stacked.items()}
-            with torch.inference_mode(), autocast(self.device, self.spec.precision):
+            with forward_context(self.device, self.spec.precision):
                 return self.model.encode(stacked, self.names)
 
         return run_windows(batch["windows"], batch["records"], self.layers, self.spec.batch_size, encode)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config.schema import VisualModelSpec
-from ..device import autocast
+from ..device import forward_context
 from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
 from ..preprocess.image import ImagePipeline, from_weights, with_overrides
 from . import torch_common as common
@@ -214,7 +214,7 @@ class TorchVision:
 
     def forward(self, batch: torch.Tensor) -> dict[str, Sequence[np.ndarray]]:
         batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-        with torch.inference_mode(), autocast(self.device, self.spec.precision):
+        with forward_context(self.device, self.spec.precision):
             outputs = self.capture(batch)
         return {layer.folder: list(to_numpy(self._feature(common.first_tensor(outputs[layer.name]), layer)))
                 for layer in self.layers}
