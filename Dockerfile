@@ -18,7 +18,7 @@ COPY src ./src
 COPY tests ./tests
 COPY benchmarks ./benchmarks
 RUN pip install --upgrade pip && pip install -e ".[${EXTRAS}]" \
-    && case "${EXTRAS}" in *tensorflow*|*all*) pip install --no-deps musicnn==0.1.0 ;; esac
+    && case "${EXTRAS}" in *tensorflow*|*all*) pip install --no-deps musicnn==0.1.0 keras-hub==0.32.0 ;; esac
 
 # features and logs go to the mounted volume: docker run -v $PWD/data:/data ducho run /data/config.yml
 WORKDIR /data

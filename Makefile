@@ -20,7 +20,8 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	# musicnn's checkpoints (TensorFlow audio backend); --no-deps: it declares numpy<1.17 but runs on today's
-	$(if $(findstring tensorflow,$(EXTRAS)),$(BIN)/python -m pip install --quiet --no-deps musicnn==0.1.0)
+	# keras-hub (TensorFlow text backend); --no-deps: its tensorflow-text pulls the full tensorflow over tensorflow-cpu
+	$(if $(findstring tensorflow,$(EXTRAS)),$(BIN)/python -m pip install --quiet --no-deps musicnn==0.1.0 keras-hub==0.32.0)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

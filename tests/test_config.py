@@ -207,7 +207,7 @@ def test_plan_refuses_an_unknown_backend_with_a_close_match() -> None:
     message = str(caught.value)
     assert message.startswith("textual.items.model.0.backend: backend for textual 'sentence_transformer' is not "
                               "accepted; accepted: ")
-    assert "sentence_transformers, transformers" in message and message.endswith(
+    assert "sentence_transformers, tensorflow, transformers" in message and message.endswith(
         "(did you mean 'sentence_transformers'?)")
     visual = {"visual": {"items": {"input_path": "i", "output_path": "o",
                                    "model": [{"model_name": "Xception", "backend": "tensorflw"}]}}}

@@ -69,7 +69,8 @@ def list_layers(model: str, modality: str = "visual", backend: str | None = None
     backend = backend or default_backend(modality, model)
     check_backend(modality, backend, "--backend")
     spec_class = {"visual": VisualModelSpec, "audio": AudioModelSpec, "textual": TextModelSpec}[modality]
-    options = {"weights": weights} if backend in ("torch", "tensorflow") and weights else {}
+    options = {"weights": weights} if backend in ("torch", "tensorflow") and weights and \
+        "weights" in spec_class.model_fields else {}
     extractor = build_extractor(modality, backend, spec_class(model_name=model, **options), "cpu")
     if not hasattr(extractor, "layer_shapes"):
         raise DuchoError(f"{backend} ({modality}) does not list layers; see its documentation for layer names")

@@ -18,6 +18,7 @@ REGISTRY: dict[str, dict[str, str]] = {
         "sentence_transformers": "ducho.backends.sentence_transformers:SentenceTransformersText",
         "handcrafted": "ducho.backends.handcrafted_text:HandcraftedText",
         "onnx": "ducho.backends.onnx_backend:OnnxText",
+        "tensorflow": "ducho.backends.keras_text:KerasText",
     },
     "visual": {
         "torch": "ducho.backends.torch_vision:TorchVision",

@@ -70,7 +70,8 @@ def _read(path: Path, max_pixels: int) -> Image.Image:
         with Image.open(path, formats=_FORMATS) as image:
             _check_size(image.size, max_pixels)
             image.load()
-            return ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # upright without copying an image that already is
+            return image
     except (DecodeError, Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise
     except UnidentifiedImageError:
@@ -98,6 +99,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = _wide_to_l(image)
     if image.has_transparency_data:
         return _on_white(image)
+    if image.mode == "RGB":
+        return image
     try:
         return image.convert("RGB")
     except ValueError as exc:

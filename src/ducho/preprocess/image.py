@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config.schema import VisualModelSpec
@@ -42,9 +43,10 @@ class ImagePipeline:
                              antialias=self.antialias)
         if self.crop is not None:
             image = F.center_crop(image, list(self.crop))
-        tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
+        # the operations of convert_image_dtype + normalize, in their order (same bits), in place on one copy
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)
         if self.mean is not None and self.std is not None:
-            tensor = F.normalize(tensor, list(self.mean), list(self.std))
+            tensor = tensor.sub_(torch.tensor(self.mean).view(-1, 1, 1)).div_(torch.tensor(self.std).view(-1, 1, 1))
         return tensor.contiguous()
 
     def describe(self) -> dict[str, Any]:
