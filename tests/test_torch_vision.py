@@ -299,3 +299,27 @@ def test_layers_command_lists_names_and_shapes() -> None:
                           check=True)
     lines = {line.split()[0]: line.split(None, 1)[1] for line in done.stdout.splitlines()[1:]}
     assert lines["avgpool"] == "(512,)" and lines["layer4.1.relu_1"] == "(512, 7, 7)" and lines["fc"] == "(1000,)"
+
+
+def test_residual_sums_run_in_place_with_the_same_bits() -> None:
+    """fx turns ResNet's `out += identity` into a new tensor per block; ducho writes those sums in place again, except
+    into a requested layer (bn2 of block 1 below, which must keep its own value) or a tensor something else reads."""
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from ducho.backends.torch_common import LayerCapture, add_into_first
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    names = ["layer1.1.bn2", "layer4.1.relu_1", "avgpool"]
+    capture = LayerCapture(model, names)
+    in_place = [n for n in capture.module.graph.nodes if n.target is add_into_first]
+    assert len(in_place) == 7  # 8 residual sums, less the one into the requested layer1.1.bn2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        got, expected = capture(x), create_feature_extractor(model, {n: n for n in names})(x)
+        assert all(torch.equal(got[n], expected[n]) for n in names)  # layer1.1.bn2 before its residual sum
+        small, big = torch.ones(3), torch.ones(2, 3)
+        assert add_into_first(small, big).shape == (2, 3) and torch.equal(small, torch.ones(3))  # broadcast: new tensor
+        half = torch.ones(3, dtype=torch.float16)
+        assert add_into_first(half, torch.ones(3)).dtype == torch.float32  # promotion: new tensor

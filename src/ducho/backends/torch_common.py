@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import operator
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,40 @@ def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
 
 
 
+# Modules whose output is a new tensor (never a view of their input), so a sum may be written into it
+_FRESH_OUTPUTS = (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm, torch.nn.Linear,
+                  torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def add_into_first(a: Any, b: Any) -> Any:
+    """`a + b` computed into `a` when that gives the same tensor (same shape and dtype), else `a + b`."""
+    if isinstance(a, torch.Tensor) and not a.requires_grad and (
+            not isinstance(b, torch.Tensor)
+            or (torch.broadcast_shapes(a.shape, b.shape) == a.shape and torch.result_type(a, b) == a.dtype)):
+        return a.add_(b)
+    return a + b
+
+
+def adds_in_place(module: torch.fx.GraphModule) -> int:
+    """Give an fx graph back the in-place sums of the model's own code: tracing turns `out += identity` (ResNet's
+    residual) into `out + identity`, a new tensor per block, which made the fx extractor ~6% slower than the model on
+    CPU. A sum goes in place only into a fresh module output (conv, norm, linear) that nothing else reads and that
+    is not a requested layer; the bits are the same."""
+    submodules = dict(module.named_modules())
+    changed = 0
+    for graph in {id(g): g for g in (getattr(module, name, None) for name in ("graph", "train_graph", "eval_graph"))
+                  if g is not None}.values():
+        for node in graph.nodes:
+            first = node.args[0] if node.op == "call_function" and node.target is operator.add and node.args else None
+            if (isinstance(first, torch.fx.Node) and first.op == "call_module" and len(first.users) == 1
+                    and isinstance(submodules.get(str(first.target)), _FRESH_OUTPUTS)):
+                node.target = add_into_first
+                changed += 1
+    if changed:
+        module.recompile()
+    return changed
+
+
 class LayerCapture:
     """Gives the outputs of named layers in one forward: a torch.fx feature extractor built once (node names such
     as `layer4.2.relu_2`), or forward hooks on named modules when the model cannot be traced."""
@@ -110,6 +145,7 @@ class LayerCapture:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train mode")
                 self.module = create_feature_extractor(model, return_nodes={n: n for n in names})
+            adds_in_place(self.module)
         except Exception as error:  # untraceable control flow: capture module outputs with hooks
             log.info("torch.fx cannot trace %s (%s); using forward hooks", type(model).__name__,
                      str(error).splitlines()[0][:120])
