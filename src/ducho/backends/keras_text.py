@@ -143,7 +143,7 @@ class KerasText:
         self.extractor = keras.Model(self.backbone.input, [self.outputs[name] for name in self.names])
         # one trace for every batch shape: batches are padded to their own longest text, so their widths vary
         signature = {name: tf.TensorSpec((None, None), tf.int32) for name in self.backbone.input}
-        self.graph = tf.function(lambda inputs: self.extractor(inputs, training=False), input_signature=[signature])
+        self.graph = common.traced_call(self.extractor, signature)
         self.truncated = 0
 
     def _symbolic_outputs(self) -> dict[str, Any]:

@@ -244,6 +244,9 @@ class KerasVision:
         self.layers = self._parse_layers()
         self.names = list(dict.fromkeys(layer.name for layer in self.layers))
         self.extractor = self.keras.Model(self.model.input, [self.model.get_layer(n).output for n in self.names])
+        with tf.device(self.device):
+            self.graph = common.traced_call(self.extractor, tf.TensorSpec((None, *self.model.input_shape[1:]),
+                                                                          tf.float32))
 
     def _input_size(self) -> tuple[int, int]:
         shape = tuple(self.model.input_shape)
@@ -278,9 +281,9 @@ class KerasVision:
         if rows < MIN_ROWS:  # zero rows, dropped below: every forward has >= MIN_ROWS rows
             batch = np.concatenate([batch, np.zeros((MIN_ROWS - rows, *batch.shape[1:]), batch.dtype)])
         with tf.device(self.device):
-            outputs = self.extractor.predict_on_batch(batch)
+            outputs = self.graph(tf.constant(batch))
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        by_name = {name: np.asarray(value, dtype=np.float32)[:rows] for name, value in zip(self.names, outputs)}
+        by_name = {name: np.asarray(value.numpy(), dtype=np.float32)[:rows] for name, value in zip(self.names, outputs)}
         return {layer.folder: list(np.ascontiguousarray(pool_map(by_name[layer.name], layer.pooling)))
                 for layer in self.layers}
 
@@ -303,7 +306,7 @@ class KerasVision:
         return {
             "model": {"requested": self.spec.model_name, **self.weights},
             "model_class": self.model.name,
-            "capture": "keras.Model(inputs, [layer.output ...]).predict_on_batch",
+            "capture": "keras.Model(inputs, [layer.output ...]) in one tf.function (any batch size)",
             "min_forward_rows": MIN_ROWS,
             "preprocessing": {"resize": [width, height], "size_order": "[width, height]",
                               "interpolation": "PIL bilinear (keras.utils.load_img)", "input_range": "0..255",
