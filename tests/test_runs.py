@@ -95,7 +95,7 @@ def test_strict_mode_stops_at_first_skip(tmp_path: Path, tiny_bert: Path) -> Non
 
 
 def test_a_killed_run_resumes_to_identical_files(tmp_path: Path, tiny_bert: Path) -> None:
-    texts = [f"{TEXTS[n % len(TEXTS)]} {n}" for n in range(2600)]  # two resume chunks
+    texts = [f"{TEXTS[n % len(TEXTS)]} {n}" for n in range(4000)]  # two resume chunks; the second long enough to kill
     rows = [[f"i{n:05d}", t] for n, t in enumerate(texts)]
     for name in ("whole", "killed"):
         cfg = config(tmp_path / name, tiny_bert, rows=rows, batch_size=8)
