@@ -101,7 +101,7 @@ def test_torchaudio_fidelity_and_batch_independence(monkeypatch: pytest.MonkeyPa
     for other in runs[1:]:
         for folder in ("last_hidden_state", "1"):
             for a, b in zip(runs[0][folder], other[folder]):
-                np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+                assert np.array_equal(a, b)  # batch sizes give the same bytes
 
 
 def test_torchaudio_windows_are_frame_weighted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -245,7 +245,7 @@ def test_transformers_fidelity_and_batch_independence(tiny_hf: Path, clips: list
     for other in runs[1:]:
         for folder in layers:
             for a, b in zip(runs[0][folder], other[folder]):
-                np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+                assert np.array_equal(a, b)  # batch sizes give the same bytes
 
 
 def test_transformers_windows_and_description(tiny_hf: Path, tmp_path: Path) -> None:
