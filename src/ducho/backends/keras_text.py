@@ -145,6 +145,7 @@ class KerasText:
         signature = {name: tf.TensorSpec((None, None), tf.int32) for name in self.backbone.input}
         self.graph = common.traced_call(self.extractor, signature)
         self.truncated = 0
+        self.model_facts = self._model_facts()  # hashed once: describe() runs for every manifest
 
     def _symbolic_outputs(self) -> dict[str, Any]:
         """Layer name -> symbolic tensor: the backbone's own outputs and every encoder block's output."""
@@ -210,15 +211,18 @@ class KerasText:
         return {name: tuple(None if d is None else int(d) for d in value.shape[1:])
                 for name, value in self.outputs.items()}
 
-    def describe(self) -> dict[str, Any]:
-        import tensorflow as tf
-
+    def _model_facts(self) -> dict[str, Any]:
         folder = preset_folder(self.spec.model_name)
         model: dict[str, Any] = {"requested": self.spec.model_name, "loaded_from": self.where}
         if folder is not None:
             model["file_sha256"] = file_hashes(str(folder))
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        import tensorflow as tf
+
         return {
-            "model": model,
+            "model": self.model_facts,
             "tokenizer": self.spec.tokenizer_name or "preset's own",
             "model_class": type(self.backbone).__name__,
             "tokenizer_class": type(self.tokenizer).__name__,
