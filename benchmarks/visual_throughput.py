@@ -1,14 +1,17 @@
 """End-to-end `ducho run` (JPEG folder in, .npy files out) against the bare model forward on the same images,
 already decoded and preprocessed into batches in memory. ResNet-50 with random weights, channels_last on both
-sides, `inference_mode`. Prints images/s of both and the ratio (goal: >= 0.9).
+sides, `inference_mode`. Prints images/s of both and the ratio (goal: >= 0.9); with several rounds (bare then
+ducho in each), the median of the rounds' ratios.
 
     .venv/bin/python benchmarks/visual_throughput.py [--images 256] [--batch-size 32] [--device cpu] [--workers N]
+        [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +66,7 @@ def main() -> None:
               f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
         with torch.inference_mode():
             model(batches[0][:4].to(args.device, memory_format=torch.channels_last))  # warm-up
+        ratios: list[tuple[float, float]] = []
         for round_ in range(args.rounds):
             start = time.perf_counter()
             with torch.inference_mode():
@@ -83,6 +87,10 @@ def main() -> None:
                   f"preprocess, forward, write) {end_to_end:.1f} img/s, ratio {end_to_end / bare:.3f}; without "
                   f"the model build ({result.jobs[0].load_seconds:.1f} s) {extraction:.1f} img/s, "
                   f"ratio {extraction / bare:.3f}")
+            ratios.append((end_to_end / bare, extraction / bare))
+        if args.rounds > 1:  # this machine's own speed drifts between rounds: the median pairs each with its bare
+            print(f"median over {args.rounds} rounds: ratio {statistics.median(r[0] for r in ratios):.3f}, without "
+                  f"the model build {statistics.median(r[1] for r in ratios):.3f}")
 
 
 if __name__ == "__main__":

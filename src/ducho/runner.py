@@ -22,7 +22,7 @@ from .config.load import load_config, translation_notes
 from .config.schema import Config
 from .device import resolve_device
 from .errors import StrictModeError
-from .loading import Failed, auto_workers, load_batches, reason_of
+from .loading import Decoding, Failed, load_batches, plan_decoding, reason_of
 from .logs import run_log
 from .plan import Job, build_plan
 from .sources import Source, open_source
@@ -100,10 +100,13 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
         if not writers[layer.folder].complete:
             write_manifest(writers[layer.folder].folder, _manifest(job, layer, writers[layer.folder], extractor,
                                                                    config, input_sha, device, "running", 0))
+    decoding = plan_decoding(config.workers, device)
+    if extractor.loader is not None:
+        log.info("%s: %d decoding worker(s) at nice %d", job.key, decoding.workers, decoding.nice)
     sink = WriteQueue()
     bar = tqdm(total=scan.kept, desc=job.key, unit="rec", disable=not progress, dynamic_ncols=True)
     try:
-        events = _events(job, source, scan, extractor, writers, auto_workers(config.workers))
+        events = _events(job, source, scan, extractor, writers, decoding)
         for event in prefetch(events):
             kind = event[0]
             if kind == "skip":
@@ -139,7 +142,7 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
 
 
 def _events(job: Job, source: Source, scan: Any, extractor: Extractor, writers: dict[str, LayerWriter],
-            workers: int) -> Iterator[tuple[Any, ...]]:
+            decoding: Decoding) -> Iterator[tuple[Any, ...]]:
     """Runs in the prefetch thread: read, chunk, sort by size, load (worker processes) and prepare each batch."""
     skipped: list[Skip] = []
 
@@ -160,7 +163,7 @@ def _events(job: Job, source: Source, scan: Any, extractor: Extractor, writers: 
         order = sorted(range(len(chunk)), key=lambda i: -extractor.sort_key(chunk[i].payload))
         batches = [order[start:start + job.spec.batch_size] for start in range(0, len(order), job.spec.batch_size)]
         payloads = [r.payload for r in chunk]
-        for batch, loaded in zip(batches, load_batches(extractor.loader, payloads, batches, workers)):
+        for batch, loaded in zip(batches, load_batches(extractor.loader, payloads, batches, decoding)):
             good = [n for n, item in enumerate(loaded) if not isinstance(item, Failed)]
             for n in range(len(batch)):
                 if isinstance(loaded[n], Failed):
