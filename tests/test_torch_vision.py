@@ -323,3 +323,21 @@ def test_residual_sums_run_in_place_with_the_same_bits() -> None:
         assert add_into_first(small, big).shape == (2, 3) and torch.equal(small, torch.ones(3))  # broadcast: new tensor
         half = torch.ones(3, dtype=torch.float16)
         assert add_into_first(half, torch.ones(3)).dtype == torch.float32  # promotion: new tensor
+
+
+def test_fp32_on_cuda_turns_tf32_off_for_the_forward_only() -> None:
+    """cuDNN's TF32 (on by default in torch) would make `precision: fp32` convolutions 10-bit-mantissa on a GPU."""
+    import torch
+
+    from ducho.device import forward_context
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with forward_context("cuda:0", "fp32"):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+        with forward_context("cuda:0", "auto"), forward_context("cpu", "fp32"):
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

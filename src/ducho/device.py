@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import ConfigError
@@ -50,16 +51,34 @@ def autocast(device: str, precision: str) -> Any:
     return torch.autocast("cuda", dtype=dtype)
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: str, precision: str) -> Iterator[None]:
+    """`precision: fp32` on CUDA means IEEE float32: TF32, which torch allows for cuDNN convolutions by default (10
+    bits of mantissa; ResNet-50 features 1e-3 apart from the CPU's on an H200), is off for the forward."""
+    import torch
+
+    if not (device.startswith("cuda") and precision == "fp32"):
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 MIN_LINEAR_ROWS = 16
 
 
 def forward_context(device: str, precision: str) -> Any:
-    """What every torch forward runs under: `inference_mode`, `autocast`, and `RowPaddedLinear`."""
+    """What every torch forward runs under: `inference_mode`, `autocast` (or IEEE fp32), and `RowPaddedLinear`."""
     import torch
 
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     stack.enter_context(autocast(device, precision))
+    stack.enter_context(ieee_fp32(device, precision))
     stack.enter_context(row_padded_linear())
     return stack
 
