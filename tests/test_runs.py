@@ -120,3 +120,20 @@ def test_a_killed_run_resumes_to_identical_files(tmp_path: Path, tiny_bert: Path
     whole = snapshot(tmp_path / "whole" / "out")
     assert len(whole) == 2 * len(texts)
     assert snapshot(tmp_path / "killed" / "out") == whole
+
+
+@pytest.mark.parametrize("shape", [(1,), (384,), (2048, 7, 7), (3, 0)])
+def test_feature_files_are_the_bytes_np_save_writes(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """Features are saved with a header made once per shape; the files must stay exactly what np.save writes."""
+    import io
+
+    from ducho.writers import save_npy
+
+    array = np.random.default_rng(0).normal(size=shape)  # float64 and possibly non-contiguous inputs are converted
+    if array.ndim == 3:
+        array = array.transpose(0, 2, 1)
+    save_npy(tmp_path / "a.npy", array)
+    expected = io.BytesIO()
+    np.save(expected, np.ascontiguousarray(array, dtype=np.float32))
+    assert (tmp_path / "a.npy").read_bytes() == expected.getvalue()
+    assert np.array_equal(np.load(tmp_path / "a.npy"), array.astype(np.float32))
