@@ -14,8 +14,9 @@ from ducho.loading import Decoding, plan_decoding
 
 
 @pytest.mark.parametrize(("requested", "device", "cores", "threads", "workers", "nice"), [
-    (None, "cpu", 2, 2, 2, 19),     # the model's threads fill the cores: decode in their idle time, on every core
+    (None, "cpu", 2, 2, 1, 19),     # the model's threads fill the cores: decode in their idle time
     (None, "cpu", 1, 1, 1, 19),
+    (2, "cpu", 2, 2, 2, 19),
     (3, "cpu", 2, 2, 3, 19),
     (0, "cpu", 2, 2, 0, 19),
     (None, "cpu", 16, 8, 4, 5),     # spare cores: decode beside the forward

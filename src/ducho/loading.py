@@ -47,10 +47,11 @@ def plan_decoding(requested: int | None, device: str, cores: int | None = None,
     """Worker processes and their priority.
 
     On a GPU the workers decode beside the forward, which they rarely keep up with: auto is every core but one (at
-    most 32). On a CPU whose cores the model's threads already fill, decoding takes the cores only when the
-    forward leaves them idle: the workers run at the lowest priority (nice 19), one per core (at most 4). Measured
-    on 2 cores (ResNet-50, 256 JPEGs, 4 rounds each): nice 19, 0.90 of the bare forward (median); decoding only
-    between forwards, 0.86; nice 5, 0.85. Where cores are spare, one worker per spare core (at most 4), nice 5.
+    most 32). On a CPU, auto is one worker per core the model's threads leave spare (at least 1, at most 4); where
+    the workers and the model's threads together outnumber the cores, the workers run at the lowest priority (nice
+    19), so that decoding takes a core only when the forward leaves it idle, else at nice 5. Measured on 2 cores
+    (ResNet-50, 256 JPEGs, median of 4 rounds against the bare forward): nice 19, 0.90 with 1 or 2 workers; nice
+    5, 0.85; decoding only between forwards, 0.86. wav2vec2 audio did no better with 2 workers than with 1.
     """
     cores = cores or os.cpu_count() or 2
     if device != "cpu":
@@ -59,8 +60,7 @@ def plan_decoding(requested: int | None, device: str, cores: int | None = None,
         import torch
 
         model_threads = torch.get_num_threads()
-    spare = cores - model_threads
-    workers = requested if requested is not None else max(1, min(4, spare if spare >= 1 else cores))
+    workers = requested if requested is not None else max(1, min(4, cores - model_threads))
     return Decoding(workers, 19 if model_threads + max(workers, 1) > cores else 5)
 
 
