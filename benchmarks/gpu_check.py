@@ -67,6 +67,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _texts import WORDS, make_texts, write_items  # noqa: E402
 from audio_throughput import make_clips  # noqa: E402
+from ducho.device import autocast  # noqa: E402
 from visual_throughput import make_jpegs  # noqa: E402
 
 
@@ -150,17 +151,6 @@ def sync(device: str) -> None:
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def autocast_like_ducho(device: str, precision: str) -> Any:
-    """The bare side's autocast: what ducho's precision means (auto = fp16 on CUDA, fp32 elsewhere)."""
-    import contextlib
-
-    import torch
-
-    if not device.startswith("cuda") or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def timed_run(config: dict) -> tuple[Any, float]:
@@ -478,7 +468,7 @@ def section_visual_throughput(ctx: Context) -> None:
         f"precision {precision}, avgpool; cores {os.cpu_count()}")
 
     def bare() -> float:
-        with torch.inference_mode(), autocast_like_ducho(ctx.device, precision):
+        with torch.inference_mode(), autocast(ctx.device, precision):
             model(batches[0].to(ctx.device, memory_format=torch.channels_last))  # warm-up
             sync(ctx.device)
             best = float("inf")
@@ -546,7 +536,7 @@ def section_text_throughput(ctx: Context) -> None:
         f"took {tokenize_seconds:.2f} s ({len(texts) / tokenize_seconds:.0f} texts/s)")
 
     def bare() -> float:
-        with torch.inference_mode(), autocast_like_ducho(ctx.device, precision):
+        with torch.inference_mode(), autocast(ctx.device, precision):
             model(**{k: v[:2].to(ctx.device) for k, v in encoded[0].items()})  # warm-up
             sync(ctx.device)
             best = float("inf")
@@ -605,7 +595,7 @@ def section_audio_throughput(ctx: Context) -> None:
         f"precision {precision}; decoding + resampling in one process took {decode_seconds:.1f} s")
 
     def bare() -> float:
-        with torch.inference_mode(), autocast_like_ducho(ctx.device, precision):
+        with torch.inference_mode(), autocast(ctx.device, precision):
             module(inputs[0][:1, :16000].to(ctx.device))  # warm-up
             sync(ctx.device)
             best = float("inf")
