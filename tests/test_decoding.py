@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,36 @@ from PIL import Image
 
 from ducho import loading, run
 from ducho.loading import Decoding, plan_decoding
+
+
+def _images(folder: Path, count: int) -> None:
+    rng = np.random.default_rng(5)
+    folder.mkdir(parents=True)
+    for n in range(count):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"{n:02d}.png")
+
+
+def _logging_loads(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers (forked after the patch) append `<stem> <pid> <niceness>` per decoded record."""
+    original_load = loading.load_one
+
+    def logged_load(loader, payload):
+        with log.open("a") as handle:
+            handle.write(f"{Path(payload).stem} {os.getpid()} {os.nice(0)}\n")
+        return original_load(loader, payload)
+
+    monkeypatch.setattr(loading, "load_one", logged_load)
+
+
+def _vectors(root: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.load(p) for p in sorted(root.rglob("avgpool/*.npy"))}
+
+
+def _config(tmp_path: Path, batch_size: int = 4) -> dict:
+    return {"dataset_path": str(tmp_path), "device": "cpu", "workers": 1, "visual": {"items": {
+        "input_path": "images", "output_path": "out",
+        "model": [{"model_name": "resnet18", "weights": "none", "output_layers": ["avgpool"],
+                   "batch_size": batch_size}]}}}
 
 
 @pytest.mark.parametrize(("requested", "device", "cores", "threads", "workers", "nice"), [
@@ -35,24 +66,11 @@ def test_every_worker_shares_every_batch_at_the_planned_priority(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Each batch is cut into one piece per worker (so the first batch is not decoded by one worker alone while
     the others wait for the next); workers (forked after the patch) log their pid and niceness per record."""
-    rng = np.random.default_rng(3)
-    (tmp_path / "images").mkdir()
-    for n in range(24):
-        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{n:02d}.jpg")
+    _images(tmp_path / "images", 24)
     log = tmp_path / "decoded.txt"
-    original_load = loading.load_one
-
-    def logged_load(loader, payload):
-        with log.open("a") as handle:
-            handle.write(f"{Path(payload).stem} {os.getpid()} {os.nice(0)}\n")
-        return original_load(loader, payload)
-
-    monkeypatch.setattr(loading, "load_one", logged_load)
+    _logging_loads(log, monkeypatch)
     monkeypatch.setattr("ducho.runner.plan_decoding", lambda *args: Decoding(2, 19))
-    config = {"dataset_path": str(tmp_path), "device": "cpu", "visual": {"items": {
-        "input_path": "images", "output_path": "out",
-        "model": [{"model_name": "resnet18", "weights": "none", "output_layers": ["avgpool"], "batch_size": 8}]}}}
-    assert run(config, progress=False).jobs[0].extracted == 24
+    assert run(_config(tmp_path, batch_size=8), progress=False).jobs[0].extracted == 24
     rows = [line.split() for line in log.read_text().splitlines()]
     assert len(rows) == 24 and {int(nice) for _, _, nice in rows} == {19}
     pid_of = {stem: pid for stem, pid, _ in rows}
@@ -60,3 +78,78 @@ def test_every_worker_shares_every_batch_at_the_planned_priority(tmp_path: Path,
         pids = [pid_of[f"{n:02d}"] for n in range(first, first + 8)]
         assert len(set(pids)) == 2 and pids.count(pids[0]) == 4
     assert os.getpid() not in {int(pid) for pid in pid_of.values()}
+
+
+def test_decoding_starts_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build waits until a worker has decoded a record: it only returns if decoding started first."""
+    _images(tmp_path / "images", 6)
+    log = tmp_path / "decoded.txt"
+    _logging_loads(log, monkeypatch)
+    import ducho.runner as runner
+
+    original_build = runner.build_extractor
+    waited: list[bool] = []
+
+    def build_after_a_decode(*args):
+        deadline = time.monotonic() + 20
+        while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        waited.append(log.exists() and bool(log.read_text()))
+        return original_build(*args)
+
+    monkeypatch.setattr(runner, "build_extractor", build_after_a_decode)
+    first = run(_config(tmp_path), progress=False)
+    assert waited == [True] and first.jobs[0].extracted == 6
+    vectors = _vectors(tmp_path / "out")
+    # the same files as decoding after the build (a second output folder: not fresh for the first one)
+    monkeypatch.setattr(runner, "build_extractor", original_build)
+    config = _config(tmp_path, batch_size=3)
+    config["visual"]["items"]["output_path"] = "out2"
+    config["workers"] = 0
+    assert run(config, progress=False).jobs[0].extracted == 6
+    again = _vectors(tmp_path / "out2")
+    assert vectors.keys() == again.keys() and len(vectors) == 6
+    assert all(np.array_equal(vectors[name], again[name]) for name in vectors)
+
+
+def test_no_early_decoding_when_output_exists_or_the_loader_differs(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed job plans with its writers (done chunks are not decoded); an early loader that turns out not to be
+    the model's is dropped and the records are decoded again with the model's own."""
+    from ducho.backends.torch_vision import TorchVision
+    from ducho.preprocess.image import ImagePipeline
+
+    _images(tmp_path / "images", 6)
+    log = tmp_path / "decoded.txt"
+    _logging_loads(log, monkeypatch)
+    monkeypatch.setattr(TorchVision, "loader_for", staticmethod(lambda spec: ImagePipeline(mean=None, std=None)))
+    assert run(_config(tmp_path), progress=False).jobs[0].extracted == 6
+    vectors = _vectors(tmp_path / "out")
+    monkeypatch.undo()
+    config = _config(tmp_path)
+    config["visual"]["items"]["output_path"] = "plain"
+    assert _vectors(tmp_path / "plain") == {} and run(config, progress=False).jobs[0].extracted == 6
+    plain = _vectors(tmp_path / "plain")  # without an early loader: the model's own preprocessing
+    assert len(vectors) == 6 and all(np.array_equal(vectors[name], plain[name]) for name in plain)
+    _logging_loads(log, monkeypatch)
+    folder = next((tmp_path / "out").rglob("avgpool"))
+    log.unlink()
+    (folder / "00.npy").unlink()  # as a run interrupted before writing it
+    manifest = folder / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"status": "complete"', '"status": "running"'))
+    monkeypatch.setattr("ducho.runner.CHUNK", 2)  # resumed by chunks of 2: only the first is redone
+    result = run(_config(tmp_path, batch_size=2), progress=False).jobs[0]
+    assert (result.extracted, result.resumed) == (2, 4)
+    assert sorted(line.split()[0] for line in log.read_text().splitlines()) == ["00", "01"]
+    assert np.array_equal(np.load(folder / "00.npy"), vectors["00.npy"])
+
+
+def test_one_pool_of_workers_serves_every_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _images(tmp_path / "images", 10)
+    log = tmp_path / "decoded.txt"
+    _logging_loads(log, monkeypatch)
+    monkeypatch.setattr("ducho.runner.CHUNK", 4)
+    monkeypatch.setattr("ducho.runner.plan_decoding", lambda *args: Decoding(2, 19))
+    assert run(_config(tmp_path, batch_size=2), progress=False).jobs[0].extracted == 10
+    pids = {line.split()[1] for line in log.read_text().splitlines()}
+    assert len(pids) == 2  # 3 chunks, one pair of workers

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,17 +67,13 @@ def plan_decoding(requested: int | None, device: str, cores: int | None = None,
 
 
 class _Payloads:
-    """A map-style dataset over one chunk's payloads (what the DataLoader sends to its workers)."""
+    """A map-style dataset whose indices are the payloads themselves (what the DataLoader sends to its workers)."""
 
-    def __init__(self, loader: Callable[[Any], Any], payloads: Sequence[Any]) -> None:
+    def __init__(self, loader: Callable[[Any], Any]) -> None:
         self.loader = loader
-        self.payloads = payloads
 
-    def __len__(self) -> int:
-        return len(self.payloads)
-
-    def __getitem__(self, index: int) -> Any:
-        return load_one(self.loader, self.payloads[index])
+    def __getitem__(self, payload: Any) -> Any:
+        return load_one(self.loader, payload)
 
 
 def _as_list(items: list[Any]) -> list[Any]:
@@ -96,30 +93,66 @@ class _LowerPriority:
             pass
 
 
-def load_batches(loader: Callable[[Any], Any] | None, payloads: Sequence[Any], batches: list[list[int]],
-                 decoding: Decoding) -> Iterator[list[Any]]:
-    """Yield, for each batch of positions, the loaded payloads in that order (a `Failed` for a bad one).
+class DecodeStream:
+    """A job's events in order, each batch (an event with `payloads`) given with its payloads loaded.
 
-    No loader: the payloads themselves (texts are tokenised per batch by the extractor). 0 workers: loaded in
-    this thread. Otherwise a torch DataLoader with that many processes keeps a few batches ready ahead; each batch
-    is cut into one piece per worker, so that every worker shares in every batch (the first one too).
+    The worker processes are forked once, when the stream is made (before the model is built where the loader is
+    known by then, so that the first batches decode while the model loads), and serve every batch of the job. Each
+    batch is cut into one piece per worker, so that every worker shares in every batch. `events` is advanced only
+    when the workers take more work (a few pieces ahead of the model), in the thread that iterates the stream, or
+    in this constructor for the first pieces. No loader: a batch comes with its payloads (texts are tokenised by the
+    extractor); 0 workers: loaded in the thread that iterates.
     """
-    if loader is None:
-        yield from ([payloads[i] for i in batch] for batch in batches)
-        return
-    dataset = _Payloads(loader, payloads)
-    if decoding.workers == 0 or len(batches) == 0:
-        yield from ([dataset[i] for i in batch] for batch in batches)
-        return
-    from torch.utils.data import DataLoader
 
-    size = -(-max(len(batch) for batch in batches) // decoding.workers)
-    pieces = [batch[start:start + size] for batch in batches for start in range(0, len(batch), size)]
-    loaded = iter(DataLoader(dataset, batch_sampler=pieces, num_workers=min(decoding.workers, len(pieces)),
-                             collate_fn=_as_list, prefetch_factor=2, multiprocessing_context=_CONTEXT,
-                             worker_init_fn=_LowerPriority(decoding.nice)))
-    for batch in batches:
-        items: list[Any] = []
-        while len(items) < len(batch):
-            items.extend(next(loaded))
-        yield items
+    def __init__(self, loader: Callable[[Any], Any] | None, events: Iterable[Any], decoding: Decoding) -> None:
+        self.loader = loader
+        self._events = iter(events)
+        self._workers = decoding.workers
+        self._pending: deque[tuple[Any, int]] = deque()  # events pulled by the workers' queue, and their pieces
+        self._loaded: Iterator[list[Any]] | None = None
+        if loader is not None and decoding.workers > 0:
+            from torch.utils.data import DataLoader
+
+            self._loaded = iter(DataLoader(_Payloads(loader), batch_sampler=self._pieces(),
+                                           num_workers=decoding.workers, collate_fn=_as_list, prefetch_factor=2,
+                                           multiprocessing_context=_CONTEXT,
+                                           worker_init_fn=_LowerPriority(decoding.nice)))
+
+    def _pieces(self) -> Iterator[list[Any]]:
+        for event in self._events:
+            payloads = getattr(event, "payloads", None)
+            if payloads is None:
+                self._pending.append((event, 0))
+                continue
+            size = max(1, -(-len(payloads) // self._workers))
+            pieces = [list(payloads[start:start + size]) for start in range(0, len(payloads), size)]
+            self._pending.append((event, len(pieces)))
+            yield from pieces
+
+    def __iter__(self) -> Iterator[tuple[Any, list[Any] | None]]:
+        if self._loaded is None:
+            for event in self._events:
+                payloads = getattr(event, "payloads", None)
+                if payloads is None or self.loader is None:
+                    yield event, (None if payloads is None else list(payloads))
+                else:
+                    yield event, [load_one(self.loader, payload) for payload in payloads]
+            return
+        # Every result taken makes the DataLoader pull one more piece, which appends that piece's event (and any
+        # event before it) here first: so once this is empty, `events` is exhausted.
+        while self._pending:
+            event, pieces = self._pending.popleft()
+            if not hasattr(event, "payloads"):
+                yield event, None
+                continue
+            items: list[Any] = []
+            for _ in range(pieces):
+                items.extend(next(self._loaded))
+            yield event, items
+
+    def close(self) -> None:
+        """Stop the workers now (they also stop when the stream ends or is garbage collected)."""
+        shutdown = getattr(self._loaded, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._loaded = None

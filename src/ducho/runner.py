@@ -1,5 +1,6 @@
 """The Runner: walks the plan (modality -> source -> model), builds each model once, streams its records
-through prepare (background thread) -> one forward for every layer -> writers (background thread)."""
+through decoding (worker processes, started before the build where possible) -> prepare (background thread) -> one
+forward for every layer -> writers (background thread)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .backends.base import Extractor, Layer
-from .backends.registry import build_extractor, check_model
+from .backends.registry import build_extractor, check_model, early_loader
 from .config.load import load_config, translation_notes
 from .config.schema import Config
 from .device import resolve_device
 from .errors import StrictModeError
-from .loading import Decoding, Failed, load_batches, plan_decoding, reason_of
+from .loading import DecodeStream, Decoding, Failed, plan_decoding, reason_of
 from .logs import run_log
 from .plan import Job, build_plan
 from .sources import Source, open_source
@@ -82,50 +84,62 @@ def run(config: Config | str | Path | dict, overrides: list[str] | tuple[str, ..
 def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, progress: bool) -> JobResult:
     started = time.perf_counter()
     log.info("%s: %s (%s) on %s -> %s", job.key, job.spec.model_name, job.backend, job.input_path, job.output_dir)
-    extractor = build_extractor(job.modality, job.backend, job.spec, device)
-    if hasattr(extractor, "fit"):  # fitted on the whole source first (deterministic, so a resume refits the same)
-        extractor.fit(entry.payload for entry in source.records(scan, job.spec) if isinstance(entry, Record))
-    load_seconds = time.perf_counter() - started
-    log.info("%s: model loaded in %.1f s from %s", job.key, load_seconds, extractor.describe()["model"])
-    input_sha = source.fingerprint(scan)
-    writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
-                                         input_sha, config.overwrite, job.source == "interactions")
-               for layer in extractor.layers}
-    result = JobResult(job.key, job.spec.model_name, job.output_dir, {}, load_seconds=load_seconds)
-    for skip in scan.skipped:
-        _report(result, skip, config)
-    for layer in extractor.layers:
-        for name, content in getattr(extractor, "artifacts", dict)().items():
-            atomic_write(writers[layer.folder].folder / name, lambda handle, data=content: handle.write(data))
-        if not writers[layer.folder].complete:
-            write_manifest(writers[layer.folder].folder, _manifest(job, layer, writers[layer.folder], extractor,
-                                                                   config, input_sha, device, "running", 0))
     decoding = plan_decoding(config.workers, device)
-    if extractor.loader is not None:
-        log.info("%s: %d decoding worker(s) at nice %d", job.key, decoding.workers, decoding.nice)
-    sink = WriteQueue()
-    bar = tqdm(total=scan.kept, desc=job.key, unit="rec", disable=not progress, dynamic_ncols=True)
-    try:
-        events = _events(job, source, scan, extractor, writers, decoding)
-        for event in prefetch(events):
-            kind = event[0]
-            if kind == "skip":
-                _report(result, event[1], config)
-                bar.update(1)
-            elif kind == "done":
-                result.resumed += event[1]
-                bar.update(event[1])
-            elif kind == "batch":
-                _, chunk_index, records, positions, items, prepared = event
-                _extract(job, extractor, writers, sink, result, config, chunk_index, records, positions, items,
-                         prepared)
-                bar.update(len(records))
-            else:  # end of a chunk
-                for writer in writers.values():
-                    sink.submit(writer.end_chunk, event[1], event[2])
-        sink.close()
-    finally:
-        bar.close()
+    model = _Model()
+    with ExitStack() as cleanup:  # the decoding workers stop whatever happens
+        stream = _early_stream(job, source, scan, config, decoding, model)
+        if stream is not None:
+            cleanup.callback(stream.close)
+        extractor = build_extractor(job.modality, job.backend, job.spec, device)
+        if hasattr(extractor, "fit"):  # fitted on the whole source first (deterministic, so a resume refits the same)
+            extractor.fit(entry.payload for entry in source.records(scan, job.spec) if isinstance(entry, Record))
+        load_seconds = time.perf_counter() - started
+        log.info("%s: model loaded in %.1f s from %s", job.key, load_seconds, extractor.describe()["model"])
+        input_sha = source.fingerprint(scan)
+        writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
+                                             input_sha, config.overwrite, job.source == "interactions")
+                   for layer in extractor.layers}
+        result = JobResult(job.key, job.spec.model_name, job.output_dir, {}, load_seconds=load_seconds)
+        for skip in scan.skipped:
+            _report(result, skip, config)
+        for layer in extractor.layers:
+            for name, content in getattr(extractor, "artifacts", dict)().items():
+                atomic_write(writers[layer.folder].folder / name, lambda handle, data=content: handle.write(data))
+            if not writers[layer.folder].complete:
+                write_manifest(writers[layer.folder].folder, _manifest(job, layer, writers[layer.folder], extractor,
+                                                                       config, input_sha, device, "running", 0))
+        model.extractor, model.writers = extractor, writers
+        if extractor.loader is not None:
+            log.info("%s: %d decoding worker(s) at nice %d%s", job.key, decoding.workers, decoding.nice,
+                     ", started before the model was built" if stream is not None else "")
+        if stream is not None and stream.loader != extractor.loader:  # not the loader expected: decode with its own
+            stream.close()
+            stream = None
+        if stream is None:
+            stream = DecodeStream(extractor.loader, _plan(job, source, scan, model), decoding)
+            cleanup.callback(stream.close)
+        sink = WriteQueue()
+        bar = tqdm(total=scan.kept, desc=job.key, unit="rec", disable=not progress, dynamic_ncols=True)
+        try:
+            for event in prefetch(_events(stream, extractor)):
+                kind = event[0]
+                if kind == "skip":
+                    _report(result, event[1], config)
+                    bar.update(1)
+                elif kind == "done":
+                    result.resumed += event[1]
+                    bar.update(event[1])
+                elif kind == "batch":
+                    _, chunk_index, records, positions, items, prepared = event
+                    _extract(job, extractor, writers, sink, result, config, chunk_index, records, positions, items,
+                             prepared)
+                    bar.update(len(records))
+                else:  # end of a chunk
+                    for writer in writers.values():
+                        sink.submit(writer.end_chunk, event[1], event[2])
+            sink.close()
+        finally:
+            bar.close()
     for layer in extractor.layers:
         writer = writers[layer.folder]
         result.counts[layer.folder] = writer.finish()
@@ -141,9 +155,30 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
     return result
 
 
-def _events(job: Job, source: Source, scan: Any, extractor: Extractor, writers: dict[str, LayerWriter],
-            decoding: Decoding) -> Iterator[tuple[Any, ...]]:
-    """Runs in the prefetch thread: read, chunk, sort by size, load (worker processes) and prepare each batch."""
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Records of one chunk extracted together, with their positions in the chunk."""
+
+    chunk_index: int
+    records: list[Record]
+    positions: list[int]
+
+    @property
+    def payloads(self) -> list[Any]:
+        return [record.payload for record in self.records]
+
+
+@dataclass
+class _Model:
+    """The job's extractor and writers, once built (the plan may start before, see `_early_stream`)."""
+
+    extractor: Extractor | None = None
+    writers: dict[str, LayerWriter] | None = None
+
+
+def _plan(job: Job, source: Source, scan: Any, model: _Model) -> Iterator[Any]:
+    """Read, chunk, pass over the chunks already written, order by size and batch. Runs where the decoding takes
+    more work; events: ("skip", Skip), ("done", count), `_Batch`, ("end", chunk_index, count)."""
     skipped: list[Skip] = []
 
     def records() -> Iterator[Record]:
@@ -156,30 +191,56 @@ def _events(job: Job, source: Source, scan: Any, extractor: Extractor, writers: 
     for chunk_index, chunk in enumerate(chunked(records(), CHUNK)):
         yield from (("skip", s) for s in skipped)
         skipped.clear()
-        keys = [r.key for r in chunk]
-        if all(w.is_done(chunk_index, keys) for w in writers.values()):
+        if model.extractor is None or model.writers is None:  # a fresh output, decoding before the model is built
+            if chunk_index > 0:
+                raise RuntimeError("the plan went past the first chunk before the model was built")
+            order = list(range(len(chunk)))  # models with an early loader give every payload the same sort key
+        elif all(w.is_done(chunk_index, [r.key for r in chunk]) for w in model.writers.values()):
             yield ("done", len(chunk))
             continue
-        order = sorted(range(len(chunk)), key=lambda i: -extractor.sort_key(chunk[i].payload))
-        batches = [order[start:start + job.spec.batch_size] for start in range(0, len(order), job.spec.batch_size)]
-        payloads = [r.payload for r in chunk]
-        for batch, loaded in zip(batches, load_batches(extractor.loader, payloads, batches, decoding)):
-            good = [n for n, item in enumerate(loaded) if not isinstance(item, Failed)]
-            for n in range(len(batch)):
-                if isinstance(loaded[n], Failed):
-                    record = chunk[batch[n]]
-                    yield ("skip", Skip(record.key.label, record.origin, loaded[n].reason))
-            if not good:
-                continue
-            positions = [batch[n] for n in good]
-            items = [loaded[n] for n in good]
-            try:
-                prepared: Any = extractor.prepare(items)
-            except Exception as error:  # isolated record by record in the main thread
-                prepared = error
-            yield ("batch", chunk_index, [chunk[i] for i in positions], positions, items, prepared)
+        else:
+            extractor = model.extractor
+            order = sorted(range(len(chunk)), key=lambda i: -extractor.sort_key(chunk[i].payload))
+        for start in range(0, len(order), job.spec.batch_size):
+            positions = order[start:start + job.spec.batch_size]
+            yield _Batch(chunk_index, [chunk[i] for i in positions], positions)
         yield ("end", chunk_index, len(chunk))
     yield from (("skip", s) for s in skipped)
+
+
+def _early_stream(job: Job, source: Source, scan: Any, config: Config, decoding: Decoding,
+                  model: _Model) -> DecodeStream | None:
+    """Start decoding before the model is built, where its loader is known without it and nothing of the job is
+    on disk yet (so no chunk can be done): the first batches are then ready when the model is. With batches of at
+    most half a chunk, the workers' first pieces all come from the first chunk."""
+    if decoding.workers == 0 or job.spec.batch_size > CHUNK // 2:
+        return None
+    if not config.overwrite and any(d.exists() for d in (job.output_dir, job.text_output_dir) if d is not None):
+        return None
+    loader = early_loader(job.modality, job.backend, job.spec)
+    return DecodeStream(loader, _plan(job, source, scan, model), decoding) if loader is not None else None
+
+
+def _events(stream: DecodeStream, extractor: Extractor) -> Iterator[tuple[Any, ...]]:
+    """Runs in the prefetch thread: the plan's events, each batch loaded (worker processes) and prepared."""
+    for event, loaded in stream:
+        if not isinstance(event, _Batch):
+            yield event
+            continue
+        assert loaded is not None
+        for record, item in zip(event.records, loaded):
+            if isinstance(item, Failed):
+                yield ("skip", Skip(record.key.label, record.origin, item.reason))
+        good = [n for n, item in enumerate(loaded) if not isinstance(item, Failed)]
+        if not good:
+            continue
+        items = [loaded[n] for n in good]
+        try:
+            prepared: Any = extractor.prepare(items)
+        except Exception as error:  # isolated record by record in the main thread
+            prepared = error
+        yield ("batch", event.chunk_index, [event.records[n] for n in good], [event.positions[n] for n in good],
+               items, prepared)
 
 
 def _extract(job: Job, extractor: Extractor, writers: dict[str, LayerWriter], sink: WriteQueue,

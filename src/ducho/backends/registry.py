@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import bad_value
 
@@ -68,6 +68,16 @@ def check_model(modality: str, backend: str, spec: ModelSpec) -> str:
         if getattr(spec, extra, None):
             locate(getattr(spec, extra))
     return f"{where.origin}: {where.target}"
+
+
+def early_loader(modality: str, backend: str, spec: ModelSpec) -> Callable[[Any], Any] | None:
+    """The loader the extractor will have, where its backend knows it without building the model (decoding can
+    then start first); None otherwise, or when it cannot tell (the build then reports the problem)."""
+    loader_for = getattr(extractor_class(modality, backend), "loader_for", None)
+    try:
+        return loader_for(spec) if loader_for is not None else None
+    except Exception:
+        return None
 
 
 def build_extractor(modality: str, backend: str, spec: ModelSpec, device: str) -> Extractor:

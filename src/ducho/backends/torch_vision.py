@@ -51,8 +51,10 @@ def _efficientnet_lite0(weights: str | None) -> Built:
     if path.lower() not in common.RANDOM_WEIGHTS:
         common.load_weights_file(model, path)
         info = {"weights": str(path), "weights_sha256": common.file_sha256(path)}
-    pipeline = ImagePipeline(resize=256, crop=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # (x-127.5)/127.5
-    return Built(model, pipeline, info)
+    return Built(model, LITE0_PIPELINE, info)
+
+
+LITE0_PIPELINE = ImagePipeline(resize=256, crop=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3)  # (x - 127.5) / 127.5
 
 
 PACKAGED: dict[str, Callable[[str | None], Built]] = {"efficientnet_lite0": _efficientnet_lite0}
@@ -94,26 +96,46 @@ def _require_checkpoint(name: str, weights: Any) -> None:
                                  "file>, or weights: none for random weights")
 
 
+def _default_pipeline(name: str) -> ImagePipeline:
+    """The preprocessing of the builder's DEFAULT weights (ImageNet defaults for a builder without weights)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return from_weights(get_model_weights(name).DEFAULT)
+    except Exception:
+        return ImagePipeline()
+
+
 def _torchvision(name: str, spec: VisualModelSpec) -> Built:
-    from torchvision.models import get_model_builder, get_model_weights
+    from torchvision.models import get_model_builder
 
     builder = get_model_builder(name)
-    try:
-        default_pipeline = from_weights(get_model_weights(name).DEFAULT)
-    except Exception:  # a builder without weights or transforms: ImageNet defaults
-        default_pipeline = ImagePipeline()
     if common.is_weights_file(spec.weights):
         model = common.seeded(lambda: builder(weights=None))
         common.load_weights_file(model, spec.weights)
         info = {"weights": spec.weights, "weights_sha256": common.file_sha256(spec.weights)}
-        return Built(model, default_pipeline, info)
+        return Built(model, _default_pipeline(name), info)
     weights = _torchvision_weights(name, spec.weights)
     if weights is None:
         log.warning("%s: random weights (weights: none), seeded; the features are not pre-trained", name)
-        return Built(common.seeded(lambda: builder(weights=None)), default_pipeline, {"weights": "random (seeded)"})
+        return Built(common.seeded(lambda: builder(weights=None)), _default_pipeline(name),
+                     {"weights": "random (seeded)"})
     _require_checkpoint(name, weights)
     return Built(builder(weights=weights), from_weights(weights),
                  {"weights": str(weights), "weights_file": str(_checkpoint(weights))})
+
+
+def loader_for(spec: VisualModelSpec) -> ImagePipeline | None:
+    """The preprocessing `build(spec)` will give, without building the model: known for the packaged and the
+    torchvision models, not for a user's own (None)."""
+    name = spec.model_name
+    if name.lower() in PACKAGED:
+        return with_overrides(LITE0_PIPELINE, spec)
+    if common.is_user_callable(name) or Path(name).expanduser().is_file() or name.lower() not in builders():
+        return None
+    name = builders()[name.lower()]
+    weights = None if common.is_weights_file(spec.weights) else _torchvision_weights(name, spec.weights)
+    return with_overrides(from_weights(weights) if weights is not None else _default_pipeline(name), spec)
 
 
 def _user_callable(spec: VisualModelSpec) -> Built:
@@ -186,6 +208,7 @@ class TorchVision:
     """A torch image model; the fx feature extractor is built once and gives every requested layer per forward."""
 
     check = staticmethod(check)
+    loader_for = staticmethod(loader_for)
 
     def __init__(self, spec: VisualModelSpec, device: str) -> None:
         self.spec = spec
