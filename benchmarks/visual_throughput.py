@@ -1,7 +1,8 @@
 """End-to-end `ducho run` (JPEG folder in, .npy files out) against the bare model forward on the same images,
 already decoded and preprocessed into batches in memory. ResNet-50 with random weights, channels_last on both
-sides, `inference_mode`. Prints images/s of both and the ratio (goal: >= 0.9); with several rounds (bare then
-ducho in each), the median of the rounds' ratios.
+sides, `inference_mode`. Prints images/s of both and the ratio (goal: >= 0.9). The bare forward runs before and
+after each ducho run and the ratio is taken against the mean of the two, because a shared machine's speed drifts
+(here the same forward took 18 to 32 s within minutes); with several rounds, the median of the rounds' ratios.
 
     .venv/bin/python benchmarks/visual_throughput.py [--images 256] [--batch-size 32] [--device cpu] [--workers N]
         [--rounds N]
@@ -66,13 +67,17 @@ def main() -> None:
               f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
         with torch.inference_mode():
             model(batches[0][:4].to(args.device, memory_format=torch.channels_last))  # warm-up
-        ratios: list[tuple[float, float]] = []
-        for round_ in range(args.rounds):
+
+        def bare() -> float:
             start = time.perf_counter()
             with torch.inference_mode():
                 for batch in batches:
                     model(batch.to(args.device, memory_format=torch.channels_last)).cpu()
-            bare = len(paths) / (time.perf_counter() - start)
+            return len(paths) / (time.perf_counter() - start)
+
+        ratios: list[tuple[float, float]] = []
+        before = bare()
+        for round_ in range(args.rounds):
             config = {"dataset_path": tmp, "device": args.device, "workers": args.workers, "overwrite": True,
                       "visual": {"items": {"input_path": "images", "output_path": "out", "model": [{
                           "model_name": "resnet50", "weights": "none", "output_layers": ["avgpool"],
@@ -80,15 +85,18 @@ def main() -> None:
             start = time.perf_counter()
             result = ducho.run(config, progress=False)
             seconds = time.perf_counter() - start
+            assert result.jobs[0].extracted == len(paths)
+            after = bare()
+            rate = 2 / (1 / before + 1 / after)  # images/s of the mean bare time
             end_to_end = len(paths) / seconds
             extraction = len(paths) / (seconds - result.jobs[0].load_seconds)
-            assert result.jobs[0].extracted == len(paths)
-            print(f"round {round_ + 1}: bare forward on pre-decoded batches {bare:.1f} img/s | ducho run (decode, "
-                  f"preprocess, forward, write) {end_to_end:.1f} img/s, ratio {end_to_end / bare:.3f}; without "
-                  f"the model build ({result.jobs[0].load_seconds:.1f} s) {extraction:.1f} img/s, "
-                  f"ratio {extraction / bare:.3f}")
-            ratios.append((end_to_end / bare, extraction / bare))
-        if args.rounds > 1:  # this machine's own speed drifts between rounds: the median pairs each with its bare
+            print(f"round {round_ + 1}: bare forward on pre-decoded batches {before:.1f} / {after:.1f} img/s (before / "
+                  f"after) | ducho run (decode, preprocess, forward, write) {end_to_end:.1f} img/s, ratio "
+                  f"{end_to_end / rate:.3f}; without the model build ({result.jobs[0].load_seconds:.1f} s) "
+                  f"{extraction:.1f} img/s, ratio {extraction / rate:.3f}")
+            ratios.append((end_to_end / rate, extraction / rate))
+            before = after
+        if args.rounds > 1:
             print(f"median over {args.rounds} rounds: ratio {statistics.median(r[0] for r in ratios):.3f}, without "
                   f"the model build {statistics.median(r[1] for r in ratios):.3f}")
 

@@ -153,3 +153,38 @@ def test_one_pool_of_workers_serves_every_chunk(tmp_path: Path, monkeypatch: pyt
     assert run(_config(tmp_path, batch_size=2), progress=False).jobs[0].extracted == 10
     pids = {line.split()[1] for line in log.read_text().splitlines()}
     assert len(pids) == 2  # 3 chunks, one pair of workers
+
+
+def _tensor_or_failure(payload: int) -> object:
+    import torch
+
+    if payload % 3 == 1:
+        raise ValueError(f"bad {payload}")
+    return torch.full((2, 3) if payload != 5 else (4,), float(payload))  # 5: another shape
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_stream_keeps_every_record_in_place(workers: int) -> None:
+    """Events pass through in order; a batch's records come back in order, tensors (stacked per piece by the
+    workers) and failures alike, whatever the shapes."""
+    events = [("start",), Batch([0, 1, 2, 3]), ("between",), Batch([4, 5, 6, 7, 8]), Batch([9]), ("end",)]
+    stream = loading.DecodeStream(_tensor_or_failure, events, Decoding(workers, 0))
+    out = list(stream)
+    assert [event for event, _ in out] == events
+    assert [loaded for event, loaded in out if not isinstance(event, Batch)] == [None] * 3
+    for event, loaded in out:
+        if isinstance(event, Batch):
+            assert len(loaded) == len(event.payloads)
+            for payload, item in zip(event.payloads, loaded):
+                if payload % 3 == 1:
+                    assert item == loading.Failed(f"ValueError: bad {payload}")
+                else:
+                    assert item.shape == ((4,) if payload == 5 else (2, 3)) and float(item.max()) == payload
+
+
+class Batch:
+    def __init__(self, payloads: list[int]) -> None:
+        self.payloads = payloads
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Batch) and other.payloads == self.payloads
