@@ -341,3 +341,26 @@ def test_fp32_on_cuda_turns_tf32_off_for_the_forward_only() -> None:
             assert torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_one_eval_trace_gives_torchvisions_names_and_extractor() -> None:
+    """ducho traces once (eval mode); names and outputs are those of torchvision's two-mode helpers, and the graph
+    stops at the last requested layer."""
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    from ducho.backends.torch_common import EvalTrace
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    trace = EvalTrace(model)
+    assert trace.names() == get_graph_node_names(model)[1][1:]
+    names = ["layer2", "layer3.1.relu_1", "layer1.0.conv1"]  # a module (its last node) and node names
+    ours = trace.extractor(names)
+    theirs = create_feature_extractor(model, return_nodes={n: n for n in names})
+    batch = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        got, want = ours(batch), theirs(batch)
+    assert set(got) == set(names) and all(torch.equal(got[n], want[n]) for n in names)
+    modules = dict(ours.named_modules())
+    assert "layer4" not in modules and "fc" not in modules and "layer3" in modules

@@ -218,10 +218,11 @@ class TorchVision:
         self.model = built.model.eval()
         self.loader = with_overrides(built.pipeline, spec)
         scripted = isinstance(self.model, torch.jit.ScriptModule)  # no graph to cut: its output only
-        self.available = ["output"] if scripted else common.layer_names(self.model)
+        self.trace = None if scripted else common.EvalTrace.of(self.model)
+        self.available = ["output"] if scripted else common.layer_names(self.model, self.trace)
         self.layers = self._parse_layers()
         names = sorted({layer.name for layer in self.layers})
-        self.capture = WholeOutput(self.model) if scripted else common.LayerCapture(self.model, names)
+        self.capture = WholeOutput(self.model) if scripted else common.LayerCapture(self.model, names, self.trace)
         self.capture.module.eval().to(device, memory_format=torch.channels_last)
 
     def _parse_layers(self) -> tuple[Layer, ...]:
@@ -252,7 +253,7 @@ class TorchVision:
 
     def layer_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every layer's per-image output shape as written with pooling none, from one forward of a blank image."""
-        capture = common.LayerCapture(self.model, self.available)
+        capture = common.LayerCapture(self.model, self.available, self.trace)
         crop = self.loader.crop or (self.loader.resize if isinstance(self.loader.resize, tuple) else (224, 224))
         with torch.inference_mode():
             outputs = capture(torch.zeros(1, 3, *crop))
