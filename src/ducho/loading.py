@@ -51,9 +51,9 @@ def plan_decoding(requested: int | None, device: str, cores: int | None = None,
     most 32). On a CPU, auto is one worker per core the model's threads leave spare (at least 1, at most 4); where
     the workers and the model's threads together outnumber the cores, the workers run at the lowest priority (nice
     19), so that decoding takes a core only when the forward leaves it idle, else at nice 5. Measured on 2 cores
-    (ResNet-50, 256 JPEGs, median of 4 rounds against the bare forward): nice 19, 0.89-0.91 with 1 or 2
-    workers; nice 5, 0.85; decoding only between forwards, 0.86. wav2vec2 audio did no better with 2 workers
-    than with 1.
+    (ResNet-50, 256 JPEGs, median of 4 rounds against the bare forward, before the pool started ahead of the
+    build): nice 19, 0.89-0.91 with 1 or 2 workers; nice 5, 0.85; decoding only between forwards, 0.86. wav2vec2
+    audio did no better with 2 workers than with 1.
     """
     cores = cores or os.cpu_count() or 2
     if device != "cpu":
