@@ -78,6 +78,19 @@ def test_skips_are_reported_and_rerun_resumes(tmp_path: Path, tiny_bert: Path) -
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("fmt", ["npy", "matrix"])
+def test_a_rerun_restores_deleted_outputs_of_a_complete_run(tmp_path: Path, tiny_bert: Path, fmt: str) -> None:
+    cfg = config(tmp_path, tiny_bert, fmt=fmt)
+    first = ducho.run(cfg, progress=False).jobs[0]
+    before = snapshot(first.output_dir)
+    lost = first.output_dir / "pooler_output" / ("i03.npy" if fmt == "npy" else "features.npy")
+    lost.unlink()
+    second = ducho.run(cfg, progress=False).jobs[0]
+    assert second.extracted == len(TEXTS) and snapshot(second.output_dir) == before  # its chunk (all 8) redone
+    manifest = json.loads((lost.parent / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["count"] == len(TEXTS)
+
+
 def test_changed_settings_refuse_to_mix_unless_overwrite(tmp_path: Path, tiny_bert: Path) -> None:
     ducho.run(config(tmp_path, tiny_bert), progress=False)
     changed = config(tmp_path, tiny_bert, pooling="max")

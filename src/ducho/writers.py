@@ -98,7 +98,7 @@ class LayerWriter:
             raise DuchoError(f"{folder} holds features made with other settings (manifest fingerprint "
                              f"{previous.get('fingerprint')}, now {fingerprint}); run with --overwrite "
                              "or choose another output_path")
-        # the same settings already ran to the end on the same input file: nothing to do
+        # the same settings already ran to the end on the same input file: nothing to do (unless its files are gone)
         self.complete = previous.get("status") == "complete" and previous.get("input_sha256") == input_sha256
         self.previous_count = int(previous.get("count", 0))
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,12 +138,15 @@ class NpyWriter(LayerWriter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.existing = {p.name[:-4] for p in self.folder.iterdir() if p.suffix == ".npy"}
+        self.complete = self.complete and len(self.existing) >= self.previous_count  # none deleted since
 
     def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
         return self.complete or all(key.stem in self.existing for key in keys)
 
     def write(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
               arrays: Sequence[np.ndarray]) -> None:
+        if self.complete:  # redone for another layer's lost files: this one's are all there
+            return
         for key, array in zip(keys, arrays):
             self.check_shape(array)
             save_npy(self.folder / f"{key.stem}.npy", array)
@@ -160,17 +163,21 @@ class MatrixWriter(LayerWriter):
     """`<folder>/features.npy` of shape (N, ...) and `<folder>/ids.tsv` in the same row order (input order)."""
 
     layout = "features.npy (N, ...) with ids.tsv in the same row order"
+    features = "features.npy"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parts = self.folder / PARTS
         self.pending: dict[int, tuple[RecordKey, np.ndarray]] = {}
+        self.complete = self.complete and all((self.folder / name).is_file() for name in (self.features, "ids.tsv"))
 
     def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
         return self.complete or (self.parts / f"{chunk:06d}.npy").is_file()
 
     def write(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
               arrays: Sequence[np.ndarray]) -> None:
+        if self.complete:  # redone for another layer's lost files: this one's are all there
+            return
         for position, key, array in zip(positions, keys, arrays):
             self.check_shape(array)
             if self.ragged:
@@ -227,6 +234,7 @@ class SparseMatrixWriter(MatrixWriter):
     For mostly-zero features (TF-IDF): the disk and memory cost follows the non-zeros, not N x D."""
 
     layout = "features.npz (scipy.sparse CSR, N x D) with ids.tsv in the same row order"
+    features = "features.npz"
 
     def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
         return self.complete or (self.parts / f"{chunk:06d}.npz").is_file()
