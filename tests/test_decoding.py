@@ -33,15 +33,14 @@ def _logging_loads(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loading, "load_one", logged_load)
 
 
-def _vectors(root: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.load(p) for p in sorted(root.rglob("avgpool/*.npy"))}
+def _vectors(root: Path, layer: str = "avgpool") -> dict[str, np.ndarray]:
+    return {p.name: np.load(p) for p in sorted(root.rglob(f"{layer}/*.npy"))}
 
 
-def _config(tmp_path: Path, batch_size: int = 4) -> dict:
+def _config(tmp_path: Path, batch_size: int = 4, model: dict | None = None) -> dict:
+    model = model or {"model_name": "resnet18", "weights": "none", "output_layers": ["avgpool"]}
     return {"dataset_path": str(tmp_path), "device": "cpu", "workers": 1, "visual": {"items": {
-        "input_path": "images", "output_path": "out",
-        "model": [{"model_name": "resnet18", "weights": "none", "output_layers": ["avgpool"],
-                   "batch_size": batch_size}]}}}
+        "input_path": "images", "output_path": "out", "model": [{**model, "batch_size": batch_size}]}}}
 
 
 @pytest.mark.parametrize(("requested", "device", "cores", "threads", "workers", "nice"), [
@@ -80,8 +79,25 @@ def test_every_worker_shares_every_batch_at_the_planned_priority(tmp_path: Path,
     assert os.getpid() not in {int(pid) for pid in pid_of.values()}
 
 
-def test_decoding_starts_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The build waits until a worker has decoded a record: it only returns if decoding started first."""
+def _tiny_vit(folder: Path) -> dict:
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                       image_size=32, patch_size=8)
+    ViTModel(config).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return {"model_name": str(folder), "backend": "transformers", "output_layers": ["pooler_output"]}
+
+
+@pytest.mark.parametrize("backend", ["torch", "transformers"])
+def test_decoding_starts_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   backend: str) -> None:
+    """The build waits until a worker has decoded a record: it only returns if decoding started first; each
+    record is decoded once (the early loader was the model's own) and the files equal a run decoding after it."""
+    model = _tiny_vit(tmp_path / "vit") if backend == "transformers" else None
+    layer = "pooler_output" if model else "avgpool"
     _images(tmp_path / "images", 6)
     log = tmp_path / "decoded.txt"
     _logging_loads(log, monkeypatch)
@@ -98,16 +114,16 @@ def test_decoding_starts_before_the_model_is_built(tmp_path: Path, monkeypatch: 
         return original_build(*args)
 
     monkeypatch.setattr(runner, "build_extractor", build_after_a_decode)
-    first = run(_config(tmp_path), progress=False)
-    assert waited == [True] and first.jobs[0].extracted == 6
-    vectors = _vectors(tmp_path / "out")
+    first = run(_config(tmp_path, model=model), progress=False)
+    assert waited == [True] and first.jobs[0].extracted == 6 and len(log.read_text().splitlines()) == 6
+    vectors = _vectors(tmp_path / "out", layer)
     # the same files as decoding after the build (a second output folder: not fresh for the first one)
     monkeypatch.setattr(runner, "build_extractor", original_build)
-    config = _config(tmp_path, batch_size=3)
+    config = _config(tmp_path, batch_size=3, model=model)
     config["visual"]["items"]["output_path"] = "out2"
     config["workers"] = 0
     assert run(config, progress=False).jobs[0].extracted == 6
-    again = _vectors(tmp_path / "out2")
+    again = _vectors(tmp_path / "out2", layer)
     assert vectors.keys() == again.keys() and len(vectors) == 6
     assert all(np.array_equal(vectors[name], again[name]) for name in vectors)
 

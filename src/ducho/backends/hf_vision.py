@@ -42,6 +42,16 @@ class ImageLoader:
         self.mean = tuple(float(v) for v in (mean or getattr(processor, "image_mean", None) or (0.0, 0.0, 0.0)))
         self.std = tuple(float(v) for v in (std or getattr(processor, "image_std", None) or (1.0, 1.0, 1.0)))
 
+    def __eq__(self, other: object) -> bool:
+        """Loaders that preprocess alike (the same processor settings and overrides)."""
+        return isinstance(other, ImageLoader) and self._settings() == other._settings()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _settings(self) -> tuple[Any, ...]:
+        return (type(self.processor).__name__, self.processor.to_json_string(), self.reshape, self.scaling,
+                self.mean, self.std)
+
     @property
     def overridden(self) -> bool:
         return self.reshape is not None or self.scaling is not None
@@ -164,20 +174,37 @@ def pooled_shape(shape: tuple[int, ...], how: str) -> tuple[int, ...]:
     return shape if how == "none" or len(shape) < 2 else shape[:1] if len(shape) == 3 else shape[1:]
 
 
+def _processor_location(spec: VisualModelSpec) -> Any:
+    return locate(spec.image_processor_name) if spec.image_processor_name else locate(spec.model_name, spec.revision)
+
+
+def _image_loader(spec: VisualModelSpec, location: Any) -> ImageLoader:
+    from transformers import AutoImageProcessor
+
+    trust = {"trust_remote_code": True} if spec.trust_remote_code else {}
+    processor = AutoImageProcessor.from_pretrained(location.target, revision=location.revision, **trust)
+    return ImageLoader(processor, spec.reshape, spec.preprocessing, spec.mean, spec.std)
+
+
+def loader_for(spec: VisualModelSpec) -> ImageLoader:
+    """The loader `TransformersVision(spec)` will have, from the image processor alone (decoding can start while
+    the model loads)."""
+    return _image_loader(spec, _processor_location(spec))
+
+
 class TransformersVision:
     """A Hugging Face image model; one forward gives every requested layer."""
 
+    loader_for = staticmethod(loader_for)
+
     def __init__(self, spec: VisualModelSpec, device: str) -> None:
-        from transformers import AutoImageProcessor
 
         self.spec = spec
         self.device = device
         self.location = locate(spec.model_name, spec.revision)
-        self.processor_location = locate(spec.image_processor_name) if spec.image_processor_name else self.location
+        self.processor_location = _processor_location(spec)
         trust = {"trust_remote_code": True} if spec.trust_remote_code else {}
-        processor = AutoImageProcessor.from_pretrained(self.processor_location.target,
-                                                       revision=self.processor_location.revision, **trust)
-        self.loader = ImageLoader(processor, spec.reshape, spec.preprocessing, spec.mean, spec.std)
+        self.loader = _image_loader(spec, self.processor_location)
         self.model = model_class(spec.task).from_pretrained(self.location.target, revision=self.location.revision,
                                                              dtype=torch.float32, **trust)
         self.model.eval().to(device)
