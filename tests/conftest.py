@@ -50,6 +50,21 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vit(models_dir: Path) -> Path:
+    """A 2-layer ViT on 32x32 images with its image processor."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = models_dir / "vit"
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                       image_size=32, patch_size=8)
+    ViTModel(config).eval().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(models_dir: Path) -> Path:
     """A 2-layer BERT with a pooler and a WordPiece tokenizer, saved with save_pretrained."""
     import torch

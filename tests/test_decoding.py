@@ -79,24 +79,13 @@ def test_every_worker_shares_every_batch_at_the_planned_priority(tmp_path: Path,
     assert os.getpid() not in {int(pid) for pid in pid_of.values()}
 
 
-def _tiny_vit(folder: Path) -> dict:
-    import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                       image_size=32, patch_size=8)
-    ViTModel(config).eval().save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return {"model_name": str(folder), "backend": "transformers", "output_layers": ["pooler_output"]}
-
-
 @pytest.mark.parametrize("backend", ["torch", "transformers"])
 def test_decoding_starts_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   backend: str) -> None:
+                                                   request: pytest.FixtureRequest, backend: str) -> None:
     """The build waits until a worker has decoded a record: it only returns if decoding started first; each
     record is decoded once (the early loader was the model's own) and the files equal a run decoding after it."""
-    model = _tiny_vit(tmp_path / "vit") if backend == "transformers" else None
+    model = {"model_name": str(request.getfixturevalue("tiny_vit")), "backend": "transformers",
+             "output_layers": ["pooler_output"]} if backend == "transformers" else None
     layer = "pooler_output" if model else "avgpool"
     _images(tmp_path / "images", 6)
     log = tmp_path / "decoded.txt"

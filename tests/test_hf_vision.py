@@ -42,19 +42,6 @@ def images(tiny_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_vit(tiny_dir: Path) -> Path:
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    folder = tiny_dir / "vit"
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                       image_size=32, patch_size=8)
-    ViTModel(config).eval().save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def tiny_vit_classifier(tiny_dir: Path) -> Path:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
