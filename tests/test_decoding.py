@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -193,3 +194,21 @@ class Batch:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Batch) and other.payloads == self.payloads
+
+
+def _crashes_on_seven(payload: int) -> object:
+    import torch
+
+    if payload == 7:
+        os.kill(os.getpid(), signal.SIGSEGV)  # a decoder crashing on one file takes its whole process down
+    return torch.full((2,), float(payload))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_crashing_record_costs_only_itself(workers: int) -> None:
+    events = [Batch(list(range(start, start + 4))) for start in range(0, 16, 4)]
+    out = list(loading.DecodeStream(_crashes_on_seven, events, Decoding(workers, 0)))
+    assert [event for event, _ in out] == events
+    loaded = [item for _, items in out for item in items]
+    assert isinstance(loaded[7], loading.Failed) and "crashed its worker process" in loaded[7].reason
+    assert [float(item[0]) for n, item in enumerate(loaded) if n != 7] == [n for n in range(16) if n != 7]

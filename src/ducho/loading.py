@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -131,16 +132,28 @@ class DecodeStream:
     def __init__(self, loader: Callable[[Any], Any] | None, events: Iterable[Any], decoding: Decoding) -> None:
         self.loader = loader
         self._events = iter(events)
-        self._workers = decoding.workers
+        self._decoding = decoding
         self._pending: deque[tuple[Any, int]] = deque()  # events pulled by the workers' queue, and their pieces
-        self._loaded: Iterator[list[Any]] | None = None
+        self._loaded: Iterator[Any] | None = None
         if loader is not None and decoding.workers > 0:
-            from torch.utils.data import DataLoader
+            self._start()
 
-            self._loaded = iter(DataLoader(_Payloads(loader), batch_sampler=self._pieces(),
-                                           num_workers=decoding.workers, collate_fn=_pack, prefetch_factor=2,
-                                           multiprocessing_context=_CONTEXT,
-                                           worker_init_fn=_LowerPriority(decoding.nice)))
+    def _start(self) -> None:
+        """Fork the workers and hand them their first pieces. Done in a helper thread: a DataLoader made in the main
+        thread installs a SIGCHLD handler that raises a dead worker's error wherever the main thread is (e.g. in
+        the forward) instead of where its results are awaited."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_Payloads(self.loader), batch_sampler=self._pieces(), num_workers=self._decoding.workers,
+                            collate_fn=_pack, prefetch_factor=2, multiprocessing_context=_CONTEXT,
+                            worker_init_fn=_LowerPriority(self._decoding.nice))
+        started: list[Any] = []
+        thread = threading.Thread(target=lambda: started.append(iter(loader)), name="ducho-decode-start")
+        thread.start()
+        thread.join()
+        if not started:
+            raise RuntimeError("the decoding workers could not be started")
+        self._loaded = started[0]
 
     def _pieces(self) -> Iterator[list[Any]]:
         for event in self._events:
@@ -148,7 +161,7 @@ class DecodeStream:
             if payloads is None:
                 self._pending.append((event, 0))
                 continue
-            size = max(1, -(-len(payloads) // self._workers))
+            size = max(1, -(-len(payloads) // self._decoding.workers))
             pieces = [list(payloads[start:start + size]) for start in range(0, len(payloads), size)]
             self._pending.append((event, len(pieces)))
             yield from pieces
@@ -169,10 +182,50 @@ class DecodeStream:
             if not hasattr(event, "payloads"):
                 yield event, None
                 continue
-            items: list[Any] = []
-            for _ in range(pieces):
-                items.extend(_unpack(next(self._loaded)))
+            try:
+                items: list[Any] = []
+                for _ in range(pieces):
+                    items.extend(_unpack(next(self._loaded)))  # type: ignore[arg-type]
+            except RuntimeError as error:
+                if "DataLoader worker" not in str(error):
+                    raise
+                # a worker died (a decoder crashed on a file): the events in flight are decoded again, one record
+                # per process, so that only the record that crashes it is lost; then a new pool goes on
+                suspects = [event, *(queued for queued, _ in self._pending)]
+                self._pending.clear()
+                self.close()
+                yield from self._isolated(suspects, reason_of(error))
+                self._start()
+                continue
             yield event, items
+
+    def _isolated(self, events: list[Any], crash: str) -> Iterator[tuple[Any, list[Any] | None]]:
+        """Decode each record of `events` in a process of its own; a record whose process dies is a `Failed`."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        assert self.loader is not None
+        context = multiprocessing.get_context(_CONTEXT)
+        pool: ProcessPoolExecutor | None = None
+        try:
+            for event in events:
+                if not hasattr(event, "payloads"):
+                    yield event, None
+                    continue
+                items: list[Any] = []
+                for payload in event.payloads:
+                    pool = pool or ProcessPoolExecutor(1, mp_context=context)
+                    try:
+                        items.append(pool.submit(load_one, self.loader, payload).result())
+                    except BrokenProcessPool:
+                        items.append(Failed(f"decoding this file crashed its worker process ({crash})"))
+                        pool.shutdown(wait=True)
+                        pool = None
+                yield event, items
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def close(self) -> None:
         """Stop the workers now (they also stop when the stream ends or is garbage collected)."""
