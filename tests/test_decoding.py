@@ -130,6 +130,7 @@ def test_no_early_decoding_when_output_exists_or_the_loader_differs(tmp_path: Pa
     _logging_loads(log, monkeypatch)
     monkeypatch.setattr(TorchVision, "loader_for", staticmethod(lambda spec: ImagePipeline(mean=None, std=None)))
     assert run(_config(tmp_path), progress=False).jobs[0].extracted == 6
+    assert len(log.read_text().splitlines()) > 6  # decoded early, then again with the model's own loader
     vectors = _vectors(tmp_path / "out")
     monkeypatch.undo()
     config = _config(tmp_path)

@@ -187,7 +187,7 @@ class DecodeStream:
                 for _ in range(pieces):
                     items.extend(_unpack(next(self._loaded)))  # type: ignore[arg-type]
             except RuntimeError as error:
-                if "DataLoader worker" not in str(error):
+                if not any(death in str(error) for death in ("exited unexpectedly", "killed by signal")):
                     raise
                 # a worker died (a decoder crashed on a file): the events in flight are decoded again, one record
                 # per process, so that only the record that crashes it is lost; then a new pool goes on
@@ -215,7 +215,8 @@ class DecodeStream:
                     continue
                 items: list[Any] = []
                 for payload in event.payloads:
-                    pool = pool or ProcessPoolExecutor(1, mp_context=context)
+                    pool = pool or ProcessPoolExecutor(1, mp_context=context, initializer=_LowerPriority(
+                        self._decoding.nice), initargs=(0,))
                     try:
                         items.append(pool.submit(load_one, self.loader, payload).result())
                     except BrokenProcessPool:

@@ -198,7 +198,6 @@ class TransformersVision:
     loader_for = staticmethod(loader_for)
 
     def __init__(self, spec: VisualModelSpec, device: str) -> None:
-
         self.spec = spec
         self.device = device
         self.location = locate(spec.model_name, spec.revision)
