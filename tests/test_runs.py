@@ -133,6 +133,7 @@ def test_a_killed_run_resumes_to_identical_files(tmp_path: Path, tiny_bert: Path
     whole = snapshot(tmp_path / "whole" / "out")
     assert len(whole) == 2 * len(texts)
     assert snapshot(tmp_path / "killed" / "out") == whole
+    assert not list((tmp_path / "killed").rglob("*.tmp"))  # nor any temporary the kill left
 
 
 @pytest.mark.parametrize("shape", [(1,), (384,), (2048, 7, 7), (3, 0)])

@@ -6,6 +6,7 @@ A record whose loader raises is returned as a `Failed` with the reason, so one b
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -118,6 +119,14 @@ class _LowerPriority:
             pass
 
 
+def _isolating_start(nice: int) -> None:
+    """The start of a process that decodes records which may crash it: a crash is reported as the record's failure,
+    so the process prints no faulthandler dump (inherited from a parent that enabled it: pytest, PYTHONFAULTHANDLER).
+    The DataLoader's workers need nothing: torch's own handler of fatal signals replaces faulthandler's there."""
+    faulthandler.disable()
+    _LowerPriority(nice)(0)
+
+
 class DecodeStream:
     """A job's events in order, each batch (an event with `payloads`) given with its payloads loaded.
 
@@ -215,8 +224,8 @@ class DecodeStream:
                     continue
                 items: list[Any] = []
                 for payload in event.payloads:
-                    pool = pool or ProcessPoolExecutor(1, mp_context=context, initializer=_LowerPriority(
-                        self._decoding.nice), initargs=(0,))
+                    pool = pool or ProcessPoolExecutor(1, mp_context=context, initializer=_isolating_start,
+                                                       initargs=(self._decoding.nice,))
                     try:
                         items.append(pool.submit(load_one, self.loader, payload).result())
                     except BrokenProcessPool:

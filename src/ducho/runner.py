@@ -30,7 +30,7 @@ from .plan import Job, build_plan
 from .sources import Source, open_source
 from .sources.base import Record, Skip
 from .streams import WriteQueue, chunked, prefetch
-from .writers import LayerWriter, atomic_write, open_writer, write_failures, write_manifest
+from .writers import LayerWriter, atomic_write, open_writer, remove_temporaries, write_failures, write_manifest
 
 log = logging.getLogger("ducho")
 
@@ -96,6 +96,7 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
         load_seconds = time.perf_counter() - started
         log.info("%s: model loaded in %.1f s from %s", job.key, load_seconds, extractor.describe()["model"])
         input_sha = source.fingerprint(scan)
+        remove_temporaries(job.output_dir)  # a killed run's failures.tsv (each layer writer cleans its own folder)
         writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
                                              input_sha, config.overwrite, job.source == "interactions")
                    for layer in extractor.layers}

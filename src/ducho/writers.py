@@ -1,15 +1,18 @@
 """Write features: one `.npy` per record (the paper's layout) or one `(N, D)` matrix with its id file.
 
-Every file is written to a temporary name and renamed into place, so a file that exists is complete.
+Every file is written to a temporary name and renamed into place, so a file that exists is complete; the
+temporaries a killed run left are removed when a writer next opens their folder.
 Work is grouped in chunks of records; a chunk whose outputs all exist is skipped on a re-run (resume).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Sequence
@@ -23,11 +26,48 @@ from .ids import RecordKey
 
 MANIFEST = "manifest.json"
 PARTS = ".parts"
+_TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)\.\d+\.tmp")
+
+
+def temporary(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: `.<name>.<pid>.<thread id>.tmp` beside it (the only
+    temporary name Ducho writes; `is_temporary` and `remove_temporaries` know it by the same pattern)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one `temporary` makes (a user's `notes.tmp` is not)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporaries in `folder` that an earlier, killed run left, keeping those of a process still running
+    on this machine (another run writing here). This process's own are removed: it has not started writing here,
+    and a restarted container reuses the pids of the last one."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and not _running_elsewhere(int(match["pid"])):
+            with contextlib.suppress(OSError):  # a failed clean-up must not stop the run
+                entry.unlink()
+
+
+def _running_elsewhere(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # (os.kill on Windows terminates the process)
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 sends nothing: it asks whether the process exists
+    except PermissionError:  # it does, another user's
+        return True
+    except (OSError, OverflowError):  # no such process
+        return False
+    return True
 
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call `write(handle)` on a temporary file beside `path`, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = temporary(path)
     try:
         handle = open(tmp, "wb")  # noqa: SIM115
     except FileNotFoundError:
@@ -102,6 +142,8 @@ class LayerWriter:
         self.complete = previous.get("status") == "complete" and previous.get("input_sha256") == input_sha256
         self.previous_count = int(previous.get("count", 0))
         folder.mkdir(parents=True, exist_ok=True)
+        for place in (folder, folder / PARTS):
+            remove_temporaries(place)
 
     def clear(self) -> None:
         """Remove what earlier runs wrote here (only Ducho's own files)."""
@@ -110,7 +152,7 @@ class LayerWriter:
         for entry in self.folder.iterdir():
             if entry.name == PARTS:
                 shutil.rmtree(entry)
-            elif entry.suffix in (".npy", ".npz", ".tsv", ".json") or entry.name.endswith(".tmp"):
+            elif entry.suffix in (".npy", ".npz", ".tsv", ".json") or is_temporary(entry.name):
                 entry.unlink()
 
     def check_shape(self, array: np.ndarray) -> None:
@@ -215,16 +257,20 @@ class MatrixWriter(LayerWriter):
         arrays = [np.load(p, mmap_mode="r") for p in parts]
         total = sum(a.shape[0] for a in arrays)
         self.shape = tuple(arrays[0].shape[1:])
-        tmp = self.folder / ".features.npy.tmp"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, *self.shape))
-        start = 0
-        for array in arrays:
-            out[start:start + array.shape[0]] = array
-            start += array.shape[0]
-        out.flush()
-        del out
-        self._join_ids(parts)
-        os.replace(tmp, self.folder / "features.npy")
+        tmp = temporary(self.folder / "features.npy")
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, *self.shape))
+            start = 0
+            for array in arrays:
+                out[start:start + array.shape[0]] = array
+                start += array.shape[0]
+            out.flush()
+            del out
+            self._join_ids(parts)
+            os.replace(tmp, self.folder / "features.npy")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         shutil.rmtree(self.parts)
         return total
 
