@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= text,vision,audio,handcrafted,open_clip,onnx,tensorflow,dev
+EXTRAS ?= text,vision,audio,handcrafted,open_clip,onnx,tensorflow,ray,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 export HF_HUB_OFFLINE ?= 1
@@ -28,9 +28,16 @@ $(STAMP):
 demo: $(STAMP)
 	$(BIN)/ducho demo --output demo-output
 
+# Fidelity and batch-size tests again under two forced CPU kernel levels (torch's ATen, oneDNN, MKL), so that a result
+# depending on the kernels this machine picks fails here, not only on machines of another CPU.
+KERNELS_AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+KERNELS_BASE := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
+
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+	$(KERNELS_AVX2) $(BIN)/python -m pytest -q -m kernels -p no:randomly
+	$(KERNELS_BASE) $(BIN)/python -m pytest -q -m kernels -p no:randomly
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/text_throughput.py

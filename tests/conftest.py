@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,6 +32,17 @@ TEXTS = [
     "Quick, red, light.",
     "Ünïcödé — «quotes» and emoji 🎸 inside.",
 ]
+
+BATCH_RTOL = 1e-5  # what the README promises across batch sizes at fp32, on every CPU kernel level
+
+
+def assert_batch_close(a: np.ndarray, b: np.ndarray, what: object = "") -> None:
+    """Two batch sizes' vectors of one record: same shape, at most BATCH_RTOL of the largest magnitude apart (BLAS
+    picks its kernel by row count and CPU, so the last bits may differ; `make test` runs this on three levels)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)))
+    assert float(np.abs(a - b).max(initial=0.0)) <= BATCH_RTOL * scale, (what, float(np.abs(a - b).max()), scale)
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_batch_close
 from ducho.backends.hf_audio import TransformersAudio
 from ducho.config.schema import AudioModelSpec
 from ducho.errors import ConfigError
@@ -135,9 +136,10 @@ def pooled(value: torch.Tensor) -> np.ndarray:
     return (value.mean(0) if value.dim() == 2 else value).numpy()
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_fidelity_and_batch_independence(name: str, tiny: Callable[[str], Path]) -> None:
-    """Each clip (one window) equals a direct call; batch sizes 1 and 3 give the same bytes."""
+    """Each clip (one window) equals a direct call; batch sizes 1 and 3 agree to 1e-5 of the vector's scale."""
     folder = tiny(name)
     model, fe = reference(folder)
     waves = [tone(s, fe.sampling_rate, seed=i) for i, s in enumerate(CLIP_SECONDS)]
@@ -148,7 +150,7 @@ def test_fidelity_and_batch_independence(name: str, tiny: Callable[[str], Path])
             got = runs[0][layer][i]
             assert got.shape == pooled(expected[layer]).shape and np.isfinite(got).all()
             np.testing.assert_allclose(got, pooled(expected[layer]), atol=1e-4, rtol=0, err_msg=f"{name} {layer}")
-            assert np.array_equal(runs[1][layer][i], got), f"{name} {layer} batch"
+            assert_batch_close(runs[1][layer][i], got, f"{name} {layer} batch")
 
 
 @pytest.mark.parametrize("name", list(LAYERS))

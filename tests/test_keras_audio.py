@@ -74,6 +74,7 @@ def musicnn_reference(path: Path, fetch: list[str]) -> list[np.ndarray]:
             return session.run(fetch, {"model/Placeholder:0": batch, "model/Placeholder_2:0": False})
 
 
+@pytest.mark.kernels
 def test_taggram_and_penultimate_equal_musicnn_computed_directly(per_patch: KerasAudio) -> None:
     import tensorflow as tf
 
@@ -89,6 +90,7 @@ def test_taggram_and_penultimate_equal_musicnn_computed_directly(per_patch: Kera
     assert np.abs(1 / (1 + np.exp(-logits)) - taggram).max() < 1e-5
 
 
+@pytest.mark.kernels
 def test_batch_size_does_not_change_features(per_patch: KerasAudio) -> None:
     one = extractor(output_layers=["taggram", "penultimate"], pooling="none", batch_size=1)
     waves = [per_patch.loader(str(QUARTET)), per_patch.loader(str(PIANO))]

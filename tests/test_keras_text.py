@@ -111,6 +111,7 @@ def reduce(steps: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
     return {"mean": valid.sum(0) / mask.sum(), "max": valid.max(0), "cls": steps[0], "none": valid}[how]
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "none"])
 def test_bert_layers_match_a_direct_backbone_call(keras_hub: Any, bert: Path, pooling: str) -> None:
     model = extractor(bert, output_layers=["sequence_output", "pooled_output"], pooling=pooling)
@@ -147,6 +148,7 @@ def test_hidden_layers_are_the_encoder_blocks_outputs(keras_hub: Any, bert: Path
     assert np.abs(ours["transformer_layer_0"][0] - states[reference["mask"]]).max() < TOL
 
 
+@pytest.mark.kernels
 def test_batch_size_does_not_change_vectors(bert: Path) -> None:
     model = extractor(bert, output_layers=["sequence_output", "pooled_output"], pooling="mean")
     one, three = extract(model, TEXTS, batch_size=1), extract(model, TEXTS, batch_size=3)

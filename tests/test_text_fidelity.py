@@ -43,6 +43,7 @@ def direct_outputs(model: torch.nn.Module, tokenizer, text: str, **kwargs: objec
         return model(**encoded, output_hidden_states=True, return_dict=True, **kwargs), encoded
 
 
+@pytest.mark.kernels
 def test_sentence_transformers_matches_encode_items_and_interactions(tmp_path: Path, minilm: str) -> None:
     from sentence_transformers import SentenceTransformer
 
@@ -78,6 +79,7 @@ def test_sentence_transformers_token_embeddings_and_normalize(tmp_path: Path, ti
     assert np.abs(ours - pooled).max() < TOL
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "none"])
 def test_transformers_pooling_and_layers_match_direct_forward(tmp_path: Path, tiny_bert: Path, pooling: str) -> None:
     from transformers import AutoModel, AutoTokenizer
@@ -130,6 +132,7 @@ def test_task_model_logits_and_base_layers_in_one_pass(tmp_path: Path, tiny_sent
     assert manifest["model_class"] == "BertForSequenceClassification"
 
 
+@pytest.mark.kernels
 def test_shapes_do_not_depend_on_batch_size(tmp_path: Path, tiny_bert: Path) -> None:
     outputs = {}
     for batch_size in (1, 3, 32):

@@ -85,6 +85,7 @@ def direct(clip: Path, image: Path, text: str) -> tuple[np.ndarray, np.ndarray]:
     return as_tensor[0][0].numpy(), as_tensor[1][0].numpy()
 
 
+@pytest.mark.kernels
 def test_embeddings_equal_clip_and_unmatched_ids_are_reported(tmp_path: Path, tiny_clip: Path) -> None:
     texts = catalogue(tmp_path)
     result = run(joint_config(tmp_path, tiny_clip, fusion="concat"), progress=False)
@@ -166,6 +167,7 @@ def test_open_clip_with_a_local_checkpoint_equals_encode_image_and_text(tmp_path
     assert np.allclose(np.load(folder / "fused_mul" / "p3.npy"), (image * text)[0].numpy(), atol=1e-5)
 
 
+@pytest.mark.kernels
 def test_tower_hidden_layers_equal_the_towers_own_outputs(tmp_path: Path, tiny_clip: Path) -> None:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 

@@ -1,9 +1,8 @@
-"""Choose the torch device, and the numerics of a forward: inference mode, autocast, batch-invariant linears."""
+"""Choose the torch device, and the numerics of a forward: inference mode, autocast, IEEE fp32 on request."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -68,49 +67,16 @@ def ieee_fp32(device: str, precision: str) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-MIN_LINEAR_ROWS = 16
-
-
 def forward_context(device: str, precision: str) -> Any:
-    """What every torch forward runs under: `inference_mode`, `autocast` (or IEEE fp32), and `RowPaddedLinear`."""
+    """What every torch forward runs under: `inference_mode` and `autocast` (or IEEE fp32).
+
+    Batch sizes are not padded to a fixed shape: BLAS (MKL) picks its kernel by the matrix's row count and the CPU's
+    instruction set, so a record's vector may differ in its last bits between batch sizes (at most 1e-5 of its largest
+    magnitude in fp32, tested on three kernel levels); the same batch size gives the same bytes (README)."""
     import torch
 
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     stack.enter_context(autocast(device, precision))
     stack.enter_context(ieee_fp32(device, precision))
-    stack.enter_context(row_padded_linear())
     return stack
-
-
-def row_padded_linear() -> Any:
-    """A torch function mode in which `F.linear` on fewer than MIN_LINEAR_ROWS rows runs on MIN_LINEAR_ROWS rows
-    (zero rows appended, then dropped). BLAS picks another kernel, with another summation order, for matrices of a few
-    rows, so without it a record's vector would depend on how many records share its batch (7e-7 to 3e-6 apart on
-    this CPU). Convolutions and attention on whole sequences are batch-invariant already; with this, batch sizes 1, 3
-    and 32 give byte-identical features on CPU (tested). Only products of under 16 rows grow, to 16."""
-    return _row_padded_linear_mode()()
-
-
-@functools.cache
-def _row_padded_linear_mode() -> Any:
-    """The mode's class, made once (it needs torch, which this module does not import at start-up)."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    linear = torch.nn.functional.linear
-
-    class RowPaddedLinear(TorchFunctionMode):
-        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            kwargs = kwargs or {}
-            if func is linear and args and args[0].dim() >= 1 and args[0].shape[-1] > 0:
-                x = args[0]
-                rows = x.numel() // x.shape[-1]
-                if 0 < rows < MIN_LINEAR_ROWS:
-                    flat = x.reshape(rows, x.shape[-1])
-                    padded = torch.cat([flat, flat.new_zeros(MIN_LINEAR_ROWS - rows, x.shape[-1])])
-                    out = func(padded, *args[1:], **kwargs)[:rows]
-                    return out.reshape(*x.shape[:-1], out.shape[-1])
-            return func(*args, **kwargs)
-
-    return RowPaddedLinear

@@ -49,12 +49,6 @@ class Built:
     weights: dict[str, Any]
 
 
-# TensorFlow's CPU kernels (convolutions included) sum in another order for batches of 1 to a few images, so a batch
-# smaller than this runs padded with zero images: features are then byte-identical whatever the batch size (tested on
-# MobileNetV3Small, ResNet50, EfficientNetB0, VGG16). Costs compute only for batches under 8 images.
-MIN_ROWS = 8
-
-
 def application_name(name: str) -> str:
     """The `keras.applications` class a name means (case-insensitive); ModelNotFoundError with a did-you-mean."""
     known = {n.lower(): n for n in common.IMAGENET_FILES}
@@ -277,13 +271,10 @@ class KerasVision:
     def forward(self, batch: np.ndarray) -> dict[str, Sequence[np.ndarray]]:
         import tensorflow as tf
 
-        rows = len(batch)
-        if rows < MIN_ROWS:  # zero rows, dropped below: every forward has >= MIN_ROWS rows
-            batch = np.concatenate([batch, np.zeros((MIN_ROWS - rows, *batch.shape[1:]), batch.dtype)])
         with tf.device(self.device):
             outputs = self.graph(tf.constant(batch))
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        by_name = {name: np.asarray(value.numpy(), dtype=np.float32)[:rows] for name, value in zip(self.names, outputs)}
+        by_name = {name: np.asarray(value.numpy(), dtype=np.float32) for name, value in zip(self.names, outputs)}
         return {layer.folder: list(np.ascontiguousarray(pool_map(by_name[layer.name], layer.pooling)))
                 for layer in self.layers}
 
@@ -307,7 +298,6 @@ class KerasVision:
             "model": {"requested": self.spec.model_name, **self.weights},
             "model_class": self.model.name,
             "capture": "keras.Model(inputs, [layer.output ...]) in one tf.function (any batch size)",
-            "min_forward_rows": MIN_ROWS,
             "preprocessing": {"resize": [width, height], "size_order": "[width, height]",
                               "interpolation": "PIL bilinear (keras.utils.load_img)", "input_range": "0..255",
                               **self.scaling.describe()},
