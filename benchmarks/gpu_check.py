@@ -506,7 +506,7 @@ def section_text_throughput(ctx: Context) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from ducho import runner
+    from ducho import shards
 
     sizes = ctx.sizes
     model_sizes = sizes.text_model
@@ -520,8 +520,8 @@ def section_text_throughput(ctx: Context) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).eval().to(ctx.device)
 
-    # ducho's batches: chunks of runner.CHUNK records, each sorted longest first, cut into batches
-    chunk = getattr(runner, "CHUNK", 2048)
+    # ducho's batches: shards of shards.SHARD records, each sorted longest first, cut into batches
+    chunk = shards.SHARD
     batches = []
     for start in range(0, len(texts), chunk):
         part_ = sorted(texts[start:start + chunk], key=len, reverse=True)

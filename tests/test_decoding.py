@@ -109,7 +109,7 @@ def test_decoding_starts_before_the_model_is_built(tmp_path: Path, monkeypatch: 
     vectors = _vectors(tmp_path / "out", layer)
     # the same files as decoding after the build (a second output folder: not fresh for the first one)
     monkeypatch.setattr(runner, "build_extractor", original_build)
-    config = _config(tmp_path, batch_size=3, model=model)
+    config = _config(tmp_path, model=model)  # the same batches
     config["visual"]["items"]["output_path"] = "out2"
     config["workers"] = 0
     assert run(config, progress=False).jobs[0].extracted == 6
@@ -144,7 +144,7 @@ def test_no_early_decoding_when_output_exists_or_the_loader_differs(tmp_path: Pa
     (folder / "00.npy").unlink()  # as a run interrupted before writing it
     manifest = folder / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"status": "complete"', '"status": "running"'))
-    monkeypatch.setattr("ducho.runner.CHUNK", 2)  # resumed by chunks of 2: only the first is redone
+    monkeypatch.setattr("ducho.shards.SHARD", 2)  # resumed by chunks of 2: only the first is redone
     result = run(_config(tmp_path, batch_size=2), progress=False).jobs[0]
     assert (result.extracted, result.resumed) == (2, 4)
     assert sorted(line.split()[0] for line in log.read_text().splitlines()) == ["00", "01"]
@@ -155,7 +155,7 @@ def test_one_pool_of_workers_serves_every_chunk(tmp_path: Path, monkeypatch: pyt
     _images(tmp_path / "images", 10)
     log = tmp_path / "decoded.txt"
     _logging_loads(log, monkeypatch)
-    monkeypatch.setattr("ducho.runner.CHUNK", 4)
+    monkeypatch.setattr("ducho.shards.SHARD", 4)
     monkeypatch.setattr("ducho.runner.plan_decoding", lambda *args: Decoding(2, 19))
     assert run(_config(tmp_path, batch_size=2), progress=False).jobs[0].extracted == 10
     pids = {line.split()[1] for line in log.read_text().splitlines()}

@@ -14,28 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from . import __version__
+from . import shards as sharding
 from .backends.base import Extractor, Layer
 from .backends.registry import build_extractor, check_model, early_loader
 from .config.load import load_config, translation_notes
 from .config.schema import Config
 from .device import resolve_device
 from .errors import StrictModeError
-from .loading import DecodeStream, Decoding, Failed, plan_decoding, reason_of
+from .loading import DecodeStream, Decoding, plan_decoding
 from .logs import run_log
 from .plan import Job, build_plan
+from .shards import Batch, Extracted, batches, extract, loaded, prepare, shard_records
 from .sources import Source, open_source
 from .sources.base import Record, Skip
-from .streams import WriteQueue, chunked, prefetch
+from .streams import WriteQueue, prefetch
 from .writers import LayerWriter, atomic_write, open_writer, remove_temporaries, write_failures, write_manifest
 
 log = logging.getLogger("ducho")
-
-CHUNK = 2048  # records per resume unit; fixed so that a resumed run batches exactly as the first one
-
 
 @dataclass
 class JobResult:
@@ -81,7 +79,74 @@ def run(config: Config | str | Path | dict, overrides: list[str] | tuple[str, ..
         return RunResult(results, log_file)
 
 
+class JobOutputs:
+    """A job's writers, manifests, failures and result, the same for every executor: opened once the extractor is
+    built (manifests `running`), fed `Extracted` batches and shard ends, closed with the counts (`complete`)."""
+
+    def __init__(self, job: Job, extractor: Extractor, source: Source, scan: Any, config: Config, device: str,
+                 started: float) -> None:
+        self.job, self.extractor, self.config, self.device, self.started = job, extractor, config, device, started
+        self.input_sha = source.fingerprint(scan)
+        remove_temporaries(job.output_dir)  # a killed run's failures.tsv (each layer writer cleans its own folder)
+        self.writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
+                                                  self.input_sha, config.overwrite, job.source == "interactions")
+                        for layer in extractor.layers}
+        self.result = JobResult(job.key, job.spec.model_name, job.output_dir, {},
+                                load_seconds=time.perf_counter() - started)
+        self.sink = WriteQueue()
+        self.extra: dict[str, Any] = {}  # executor facts for the manifest (e.g. the nodes that worked)
+        for skip in scan.skipped:
+            self.report(skip)
+        for layer in extractor.layers:
+            writer = self.writers[layer.folder]
+            for name, content in getattr(extractor, "artifacts", dict)().items():
+                atomic_write(writer.folder / name, lambda handle, data=content: handle.write(data))
+            if not writer.complete:
+                write_manifest(writer.folder, self._manifest(layer, "running", 0))
+
+    def is_done(self, shard: int, records: list[Record]) -> bool:
+        return all(w.is_done(shard, [r.key for r in records]) for w in self.writers.values())
+
+    def report(self, skip: Skip) -> None:
+        _report(self.result, skip, self.config)
+
+    def add(self, extracted: Extracted) -> None:
+        """Report the batch's skips and queue its vectors for the writers (a background thread)."""
+        for skip in extracted.skips:
+            self.report(skip)
+        for folder, arrays in extracted.layers.items():
+            self.sink.submit(self.writers[folder].write, extracted.shard, extracted.positions, extracted.keys, arrays)
+        self.result.extracted += len(extracted.keys)
+
+    def end_shard(self, shard: int, size: int) -> None:
+        for writer in self.writers.values():
+            self.sink.submit(writer.end_chunk, shard, size)
+
+    def close(self) -> JobResult:
+        """Wait for the writes, then the counts, `complete` manifests, failures.tsv and the summary line."""
+        self.sink.close()
+        result, job = self.result, self.job
+        for layer in self.extractor.layers:
+            writer = self.writers[layer.folder]
+            result.counts[layer.folder] = writer.finish()
+            write_manifest(writer.folder, self._manifest(layer, "complete", result.counts[layer.folder],
+                                                         len(result.skipped)))
+        write_failures(job.output_dir / "failures.tsv", [(s.label, s.origin, s.reason) for s in result.skipped])
+        result.seconds = time.perf_counter() - self.started
+        rate = result.extracted / result.seconds if result.seconds else 0.0
+        truncated = self.extractor.describe().get("truncated_texts")
+        log.info("%s: %d extracted, %d already done, %d skipped (failures.tsv), %.1f rec/s%s", job.key,
+                 result.extracted, result.resumed, len(result.skipped), rate,
+                 f"; truncated texts: {truncated}" if truncated is not None else "")
+        return result
+
+    def _manifest(self, layer: Layer, status: str, count: int, failures: int = 0) -> dict[str, Any]:
+        return {**_manifest(self.job, layer, self.writers[layer.folder], self.extractor, self.config, self.input_sha,
+                            self.device, status, count, failures), **self.extra}
+
+
 def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, progress: bool) -> JobResult:
+    """The local executor: decoding in worker processes of this machine, the model in this process."""
     started = time.perf_counter()
     log.info("%s: %s (%s) on %s -> %s", job.key, job.spec.model_name, job.backend, job.input_path, job.output_dir)
     decoding = plan_decoding(config.workers, device)
@@ -91,25 +156,11 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
         if stream is not None:
             cleanup.callback(stream.close)
         extractor = build_extractor(job.modality, job.backend, job.spec, device)
-        if hasattr(extractor, "fit"):  # fitted on the whole source first (deterministic, so a resume refits the same)
-            extractor.fit(entry.payload for entry in source.records(scan, job.spec) if isinstance(entry, Record))
-        load_seconds = time.perf_counter() - started
-        log.info("%s: model loaded in %.1f s from %s", job.key, load_seconds, extractor.describe()["model"])
-        input_sha = source.fingerprint(scan)
-        remove_temporaries(job.output_dir)  # a killed run's failures.tsv (each layer writer cleans its own folder)
-        writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
-                                             input_sha, config.overwrite, job.source == "interactions")
-                   for layer in extractor.layers}
-        result = JobResult(job.key, job.spec.model_name, job.output_dir, {}, load_seconds=load_seconds)
-        for skip in scan.skipped:
-            _report(result, skip, config)
-        for layer in extractor.layers:
-            for name, content in getattr(extractor, "artifacts", dict)().items():
-                atomic_write(writers[layer.folder].folder / name, lambda handle, data=content: handle.write(data))
-            if not writers[layer.folder].complete:
-                write_manifest(writers[layer.folder].folder, _manifest(job, layer, writers[layer.folder], extractor,
-                                                                       config, input_sha, device, "running", 0))
-        model.extractor, model.writers = extractor, writers
+        fit(extractor, source, scan, job)
+        log.info("%s: model loaded in %.1f s from %s", job.key, time.perf_counter() - started,
+                 extractor.describe()["model"])
+        outputs = JobOutputs(job, extractor, source, scan, config, device, started)
+        model.extractor, model.outputs = extractor, outputs
         if extractor.loader is not None:
             log.info("%s: %d decoding worker(s) at nice %d%s", job.key, decoding.workers, decoding.nice,
                      ", started before the model was built" if stream is not None else "")
@@ -119,102 +170,70 @@ def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, pr
         if stream is None:
             stream = DecodeStream(extractor.loader, _plan(job, source, scan, model), decoding)
             cleanup.callback(stream.close)
-        sink = WriteQueue()
         bar = tqdm(total=scan.kept, desc=job.key, unit="rec", disable=not progress, dynamic_ncols=True)
         try:
             for event in prefetch(_events(stream, extractor)):
                 kind = event[0]
                 if kind == "skip":
-                    _report(result, event[1], config)
+                    outputs.report(event[1])
                     bar.update(1)
                 elif kind == "done":
-                    result.resumed += event[1]
+                    outputs.result.resumed += event[1]
                     bar.update(event[1])
                 elif kind == "batch":
-                    _, chunk_index, records, positions, items, prepared = event
-                    _extract(job, extractor, writers, sink, result, config, chunk_index, records, positions, items,
-                             prepared)
-                    bar.update(len(records))
-                else:  # end of a chunk
-                    for writer in writers.values():
-                        sink.submit(writer.end_chunk, event[1], event[2])
-            sink.close()
+                    _, batch, items, prepared, skips = event
+                    extracted = extract(extractor, job.spec.normalize, batch, items, prepared)
+                    extracted.skips = [*skips, *extracted.skips]
+                    outputs.add(extracted)
+                    bar.update(len(batch.records) + len(skips))
+                else:  # end of a shard
+                    outputs.end_shard(event[1], event[2])
         finally:
             bar.close()
-    for layer in extractor.layers:
-        writer = writers[layer.folder]
-        result.counts[layer.folder] = writer.finish()
-        write_manifest(writer.folder, _manifest(job, layer, writer, extractor, config, input_sha, device,
-                                                "complete", result.counts[layer.folder], len(result.skipped)))
-    write_failures(job.output_dir / "failures.tsv", [(s.label, s.origin, s.reason) for s in result.skipped])
-    result.seconds = time.perf_counter() - started
-    rate = result.extracted / result.seconds if result.seconds else 0.0
-    truncated = extractor.describe().get("truncated_texts")
-    log.info("%s: %d extracted, %d already done, %d skipped (failures.tsv), %.1f rec/s%s", job.key,
-             result.extracted, result.resumed, len(result.skipped), rate,
-             f"; truncated texts: {truncated}" if truncated is not None else "")
-    return result
+        return outputs.close()
 
 
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """Records of one chunk extracted together, with their positions in the chunk."""
-
-    chunk_index: int
-    records: list[Record]
-    positions: list[int]
-
-    @property
-    def payloads(self) -> list[Any]:
-        return [record.payload for record in self.records]
+def fit(extractor: Extractor, source: Source, scan: Any, job: Job) -> None:
+    """An extractor that learns from the corpus (TF-IDF) is fitted on the whole source first (deterministic, so a
+    resume refits the same)."""
+    if hasattr(extractor, "fit"):
+        extractor.fit(entry.payload for entry in source.records(scan, job.spec) if isinstance(entry, Record))
 
 
 @dataclass
 class _Model:
-    """The job's extractor and writers, once built (the plan may start before, see `_early_stream`)."""
+    """The job's extractor and outputs, once built (the plan may start before, see `_early_stream`)."""
 
     extractor: Extractor | None = None
-    writers: dict[str, LayerWriter] | None = None
+    outputs: JobOutputs | None = None
 
 
 def _plan(job: Job, source: Source, scan: Any, model: _Model) -> Iterator[Any]:
-    """Read, chunk, pass over the chunks already written, order by size and batch. Runs where the decoding takes
-    more work; events: ("skip", Skip), ("done", count), `_Batch`, ("end", chunk_index, count)."""
-    skipped: list[Skip] = []
-
-    def records() -> Iterator[Record]:
-        for entry in source.records(scan, job.spec):
-            if isinstance(entry, Skip):
-                skipped.append(entry)
-            else:
-                yield entry
-
-    for chunk_index, chunk in enumerate(chunked(records(), CHUNK)):
-        yield from (("skip", s) for s in skipped)
-        skipped.clear()
-        if model.extractor is None or model.writers is None:  # a fresh output, decoding before the model is built
-            if chunk_index > 0:
-                raise RuntimeError("the plan went past the first chunk before the model was built")
-            order = list(range(len(chunk)))  # models with an early loader give every payload the same sort key
-        elif all(w.is_done(chunk_index, [r.key for r in chunk]) for w in model.writers.values()):
-            yield ("done", len(chunk))
+    """Read, cut into shards, pass over the shards already written, batch. Runs where the decoding takes more work;
+    events: ("skip", Skip), ("done", count), `Batch`, ("end", shard, count)."""
+    for index, records, skips in shard_records(source, scan, job.spec):
+        yield from (("skip", s) for s in skips)
+        if not records:
+            continue
+        if model.extractor is None or model.outputs is None:  # a fresh output, decoding before the model is built
+            if index > 0:
+                raise RuntimeError("the plan went past the first shard before the model was built")
+            sort_key = None  # models with an early loader give every payload the same sort key
+        elif model.outputs.is_done(index, records):
+            yield ("done", len(records))
             continue
         else:
-            extractor = model.extractor
-            order = sorted(range(len(chunk)), key=lambda i: -extractor.sort_key(chunk[i].payload))
-        for start in range(0, len(order), job.spec.batch_size):
-            positions = order[start:start + job.spec.batch_size]
-            yield _Batch(chunk_index, [chunk[i] for i in positions], positions)
-        yield ("end", chunk_index, len(chunk))
-    yield from (("skip", s) for s in skipped)
+            sort_key = model.extractor.sort_key
+        yield from batches(index, records, job.spec.batch_size, sort_key)
+        yield ("end", index, len(records))
 
 
 def _early_stream(job: Job, source: Source, scan: Any, config: Config, decoding: Decoding,
                   model: _Model) -> DecodeStream | None:
     """Start decoding before the model is built, where its loader is known without it and nothing of the job is
-    on disk yet (so no chunk can be done): the first batches are then ready when the model is. With batches of at
-    most half a chunk, the workers' first pieces all come from the first chunk."""
-    if decoding.workers == 0 or job.spec.batch_size > CHUNK // 2:
+    on disk yet (so no shard can be done): the first batches are then ready when the model is. With batches of at
+    most half a shard, the workers' first pieces all come from the first shard."""
+    if decoding.workers == 0 or job.spec.batch_size > sharding.SHARD // 2:
         return None
     if not config.overwrite and any(d.exists() for d in (job.output_dir, job.text_output_dir) if d is not None):
         return None
@@ -223,75 +242,18 @@ def _early_stream(job: Job, source: Source, scan: Any, config: Config, decoding:
 
 
 def _events(stream: DecodeStream, extractor: Extractor) -> Iterator[tuple[Any, ...]]:
-    """Runs in the prefetch thread: the plan's events, each batch loaded (worker processes) and prepared."""
-    for event, loaded in stream:
-        if not isinstance(event, _Batch):
+    """Runs in the prefetch thread: the plan's events, each batch loaded (worker processes) and prepared:
+    ("batch", the batch cut to its decoded records, their items, prepared or the error, skips of the others)."""
+    for event, items in stream:
+        if not isinstance(event, Batch):
             yield event
             continue
-        assert loaded is not None
-        for record, item in zip(event.records, loaded):
-            if isinstance(item, Failed):
-                yield ("skip", Skip(record.key.label, record.origin, item.reason))
-        good = [n for n, item in enumerate(loaded) if not isinstance(item, Failed)]
-        if not good:
+        assert items is not None
+        good, good_items, skips = loaded(event, items)
+        if not good.records:
+            yield from (("skip", skip) for skip in skips)
             continue
-        items = [loaded[n] for n in good]
-        try:
-            prepared: Any = extractor.prepare(items)
-        except Exception as error:  # isolated record by record in the main thread
-            prepared = error
-        yield ("batch", event.chunk_index, [event.records[n] for n in good], [event.positions[n] for n in good],
-               items, prepared)
-
-
-def _extract(job: Job, extractor: Extractor, writers: dict[str, LayerWriter], sink: WriteQueue,
-             result: JobResult, config: Config, chunk_index: int, records: list[Record], positions: list[int],
-             items: list[Any], prepared: Any) -> None:
-    """One forward for the batch; on an error each record is retried alone so one bad record costs only itself."""
-    outputs = _forward(extractor, prepared)
-    if isinstance(outputs, Exception):
-        if len(records) == 1:
-            _report(result, Skip(records[0].key.label, records[0].origin, reason_of(outputs)), config)
-            return
-        for record, position, item in zip(records, positions, items):
-            _extract(job, extractor, writers, sink, result, config, chunk_index, [record], [position], [item],
-                     _prepare_one(extractor, item))
-        return
-    keep = [i for i in range(len(records)) if _finite(outputs, i, records[i], result, config)]
-    for folder, arrays in outputs.items():
-        chosen = [_normalized(arrays[i]) if job.spec.normalize else arrays[i] for i in keep]
-        sink.submit(writers[folder].write, chunk_index, [positions[i] for i in keep],
-                    [records[i].key for i in keep], chosen)
-    result.extracted += len(keep)
-
-
-def _forward(extractor: Extractor, prepared: Any) -> Any:
-    if isinstance(prepared, Exception):
-        return prepared
-    try:
-        return extractor.forward(prepared)
-    except Exception as error:
-        return error
-
-
-def _prepare_one(extractor: Extractor, item: Any) -> Any:
-    try:
-        return extractor.prepare([item])
-    except Exception as error:
-        return error
-
-
-def _finite(outputs: dict[str, Any], index: int, record: Record, result: JobResult, config: Config) -> bool:
-    for folder, arrays in outputs.items():
-        if not np.isfinite(arrays[index]).all():
-            _report(result, Skip(record.key.label, record.origin, f"non-finite values in layer {folder}"), config)
-            return False
-    return True
-
-
-def _normalized(array: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(array, axis=-1, keepdims=True)
-    return (array / np.maximum(norm, 1e-12)).astype(np.float32)
+        yield ("batch", good, good_items, prepare(extractor, good_items), skips)
 
 
 def _report(result: JobResult, skip: Skip, config: Config) -> None:
