@@ -104,8 +104,8 @@ def test_bad_literal_values_list_accepted_values() -> None:
     assert "textual.items.duplicate_ids: value 'fist' is not accepted; accepted: first, last, skip_all " \
            "(did you mean 'first'?)" in text
     assert "precision: value 'fp61' is not accepted; accepted: auto, fp32, fp16, bf16" in text
-    assert "format: value 'npz' is not accepted; accepted: npy, matrix, sparse (did you mean 'npy'?)" in error_of(
-        {"format": "npz"})
+    assert "format: value 'npz' is not accepted; accepted: npy, matrix, sparse, parquet (did you mean 'npy'?)" \
+        in error_of({"format": "npz"})
     assert "textual.items.model.0.batch_size" in error_of(base(batch_size=0))
 
 

@@ -66,16 +66,26 @@ def run(config: Config | str | Path | dict, overrides: list[str] | tuple[str, ..
     with run_log(Path(config.dataset_path) / config.log_dir, config) as log_file:
         for note in translation_notes(config):
             log.info("config translated: %s", note)
-        device = resolve_device(config.device, config.device_fallback_to_cpu)
+        # on Ray each model actor resolves the device on its own node
+        device = resolve_device(config.device, config.device_fallback_to_cpu) if config.executor == "local" \
+            else config.device
         log.info("device: %s; %d job(s)", device, len(jobs))
         sources: dict[str, tuple[Source, Any]] = {}
         results = []
-        for job in jobs:
-            if job.source_key not in sources:  # scanned once, shared by every model of the source
-                source = open_source(job)
-                sources[job.source_key] = (source, source.scan())
-            source, scan = sources[job.source_key]
-            results.append(run_job(job, source, scan, device, config, progress))
+        with ExitStack() as stack:
+            execute = run_job
+            if config.executor == "ray":  # imported only here: `ducho --help` and local runs never import ray
+                from .ray_executor import RayExecutor
+
+                executor = RayExecutor(config)
+                stack.callback(executor.close)
+                execute = executor.run_job
+            for job in jobs:
+                if job.source_key not in sources:  # scanned once, shared by every model of the source
+                    source = open_source(job)
+                    sources[job.source_key] = (source, source.scan())
+                source, scan = sources[job.source_key]
+                results.append(execute(job, source, scan, device, config, progress))
         return RunResult(results, log_file)
 
 
@@ -141,8 +151,9 @@ class JobOutputs:
         return result
 
     def _manifest(self, layer: Layer, status: str, count: int, failures: int = 0) -> dict[str, Any]:
-        return {**_manifest(self.job, layer, self.writers[layer.folder], self.extractor, self.config, self.input_sha,
-                            self.device, status, count, failures), **self.extra}
+        writer = self.writers[layer.folder]
+        return {**_manifest(self.job, layer, writer, self.extractor, self.config, self.input_sha, self.device, status,
+                            count, failures), **(writer.describe() if status == "complete" else {}), **self.extra}
 
 
 def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, progress: bool) -> JobResult:

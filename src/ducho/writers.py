@@ -1,8 +1,11 @@
-"""Write features: one `.npy` per record (the paper's layout) or one `(N, D)` matrix with its id file.
+"""Write features: one `.npy` per record (the paper's layout), one `(N, D)` matrix with its id file, or Parquet
+shards (`parquet_writer`).
 
 Every file is written to a temporary name and renamed into place, so a file that exists is complete; the
 temporaries a killed run left are removed when a writer next opens their folder.
-Work is grouped in chunks of records; a chunk whose outputs all exist is skipped on a re-run (resume).
+Work is grouped in chunks of records; a chunk whose outputs all exist is skipped on a re-run (resume). Writers that
+buffer a chunk keep each chunk's records apart, so batches of several chunks may arrive interleaved before their
+`end_chunk`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from .ids import RecordKey
 
 MANIFEST = "manifest.json"
 PARTS = ".parts"
+PARQUET_SHARDS = "shards"  # format parquet: the folder of a layer's part files
+PARQUET_PART = re.compile(r"part-(?P<index>\d{5,})\.parquet")
 _TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)\.\d+\.tmp")
 
 
@@ -130,6 +135,7 @@ class LayerWriter:
         self.shape: tuple[int, ...] | None = None
         self.ragged = False
         self.written = 0
+        self.pending: dict[int, dict[int, tuple[RecordKey, np.ndarray]]] = {}  # chunk -> position -> record
         previous = read_manifest(folder) or {}
         if overwrite:
             self.clear()
@@ -149,10 +155,12 @@ class LayerWriter:
         """Remove what earlier runs wrote here (only Ducho's own files)."""
         if not self.folder.is_dir():
             return
-        for entry in self.folder.iterdir():
+        shards = self.folder / PARQUET_SHARDS
+        for entry in [*self.folder.iterdir(), *(shards.iterdir() if shards.is_dir() else ())]:
             if entry.name == PARTS:
                 shutil.rmtree(entry)
-            elif entry.suffix in (".npy", ".npz", ".tsv", ".json") or is_temporary(entry.name):
+            elif (entry.suffix in (".npy", ".npz", ".tsv", ".json") or is_temporary(entry.name)
+                  or (entry.parent == shards and PARQUET_PART.fullmatch(entry.name))):
                 entry.unlink()
 
     def check_shape(self, array: np.ndarray) -> None:
@@ -170,6 +178,27 @@ class LayerWriter:
         if self.shape is None:
             return []
         return ["steps", *self.shape[1:]] if self.ragged else list(self.shape)
+
+    def describe(self) -> dict[str, Any]:
+        """What the writer adds to the layer's manifest (the Parquet writer: its shards)."""
+        return {}
+
+    def hold(self, fmt: str, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
+             arrays: Sequence[np.ndarray]) -> None:
+        """Keep records of `chunk` until its `end_chunk`; `fmt` needs one shape per record."""
+        pending = self.pending.setdefault(chunk, {})
+        for position, key, array in zip(positions, keys, arrays):
+            self.check_shape(array)
+            if self.ragged:
+                raise DuchoError(f"{self.folder}: format {fmt} needs one shape per record; this layer gives "
+                                 "token/time matrices of varying length (use pooling or format: npy)")
+            pending[position] = (key, array)
+
+    def take(self, chunk: int) -> tuple[list[RecordKey], list[np.ndarray]]:
+        """The records held for `chunk`, in input order, forgotten here."""
+        pending = self.pending.pop(chunk, {})
+        order = sorted(pending)
+        return [pending[p][0] for p in order], [pending[p][1] for p in order]
 
 
 class NpyWriter(LayerWriter):
@@ -210,7 +239,6 @@ class MatrixWriter(LayerWriter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parts = self.folder / PARTS
-        self.pending: dict[int, tuple[RecordKey, np.ndarray]] = {}
         self.complete = self.complete and all((self.folder / name).is_file() for name in (self.features, "ids.tsv"))
 
     def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
@@ -220,24 +248,16 @@ class MatrixWriter(LayerWriter):
               arrays: Sequence[np.ndarray]) -> None:
         if self.complete:  # redone for another layer's lost files: this one's are all there
             return
-        for position, key, array in zip(positions, keys, arrays):
-            self.check_shape(array)
-            if self.ragged:
-                raise DuchoError(f"{self.folder}: format matrix needs one shape per record; this layer gives "
-                                 "token/time matrices of varying length (use pooling or format: npy)")
-            self.pending[position] = (key, array)
+        self.hold("matrix", chunk, positions, keys, arrays)
 
     def end_chunk(self, chunk: int, size: int) -> None:
         """Write the chunk in input order as one part; parts are joined by `finish`."""
-        if not self.pending:
+        keys, arrays = self.take(chunk)
+        if not keys:
             return
-        order = sorted(self.pending)
-        rows = np.stack([self.pending[p][1] for p in order]).astype(np.float32)
-        ids = "".join(self._id_line(self.pending[p][0]) for p in order)
-        write_text(self.parts / f"{chunk:06d}.ids.tsv", ids)
-        save_npy(self.parts / f"{chunk:06d}.npy", rows)
-        self.written += len(order)
-        self.pending.clear()
+        write_text(self.parts / f"{chunk:06d}.ids.tsv", "".join(self._id_line(key) for key in keys))
+        save_npy(self.parts / f"{chunk:06d}.npy", np.stack(arrays).astype(np.float32))
+        self.written += len(keys)
 
     def _id_line(self, key: RecordKey) -> str:
         return f"{key.user}\t{key.item}\n" if self.interactions else f"{key.item}\n"
@@ -294,14 +314,13 @@ class SparseMatrixWriter(MatrixWriter):
     def end_chunk(self, chunk: int, size: int) -> None:
         from scipy import sparse
 
-        if not self.pending:
+        keys, arrays = self.take(chunk)
+        if not keys:
             return
-        order = sorted(self.pending)
-        rows = sparse.csr_matrix(np.stack([self.pending[p][1] for p in order]).astype(np.float32))
-        write_text(self.parts / f"{chunk:06d}.ids.tsv", "".join(self._id_line(self.pending[p][0]) for p in order))
+        rows = sparse.csr_matrix(np.stack(arrays).astype(np.float32))
+        write_text(self.parts / f"{chunk:06d}.ids.tsv", "".join(self._id_line(key) for key in keys))
         atomic_write(self.parts / f"{chunk:06d}.npz", lambda handle: sparse.save_npz(handle, rows))
-        self.written += len(order)
-        self.pending.clear()
+        self.written += len(keys)
 
     def finish(self) -> int:
         from scipy import sparse
@@ -321,7 +340,11 @@ class SparseMatrixWriter(MatrixWriter):
 
 def open_writer(fmt: str, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
                 interactions: bool) -> LayerWriter:
-    cls = {"matrix": MatrixWriter, "sparse": SparseMatrixWriter}.get(fmt, NpyWriter)
+    cls: type[LayerWriter] = {"matrix": MatrixWriter, "sparse": SparseMatrixWriter}.get(fmt, NpyWriter)
+    if fmt == "parquet":
+        from .parquet_writer import ParquetWriter  # pyarrow is imported for this format only
+
+        cls = ParquetWriter
     return cls(folder, fingerprint, input_sha256, overwrite, interactions)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 Pooling = Literal["mean", "avg", "cls", "max", "none"]
-OutputFormat = Literal["npy", "matrix", "sparse"]
+OutputFormat = Literal["npy", "matrix", "sparse", "parquet"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 EmptyTextPolicy = Literal["skip", "encode"]
 DuplicatePolicy = Literal["first", "last", "skip_all"]
@@ -188,6 +188,22 @@ class JointModality(Settings):
     interactions: JointSource | None = None
 
 
+class RaySettings(Settings):
+    """Where and how `executor: ray` runs: decoding as Ray tasks, the models as an actor pool (README: On a
+    cluster)."""
+
+    address: str = Field("local", description="local: start a cluster inside the run; auto: the cluster started with "
+                                              "`ray start` on this machine; HOST:PORT or ray://HOST:PORT.")
+    actors: PositiveInt | None = Field(None, description="Model actors; default: one per GPU when the cluster has "
+                                                         "GPUs, otherwise one per node, sized to its CPUs.")
+    gpus_per_actor: float | None = Field(None, ge=0, description="Default: 1 when the cluster has GPUs, else 0.")
+    cpus_per_actor: float | None = Field(None, gt=0, description="Default: 1 with GPUs; without, the node's CPUs "
+                                                                 "less one for decoding.")
+    decode_cpus: float = Field(1, gt=0, description="CPUs per decoding task (images, audio).")
+    num_cpus: PositiveInt | None = Field(None, description="address local: the CPUs of the cluster it starts "
+                                                           "(default: all of this machine's).")
+
+
 class Config(Settings):
     """A whole Ducho run."""
 
@@ -200,6 +216,9 @@ class Config(Settings):
     log_dir: str = Field("logs", description="Run logs and resolved configs, relative to dataset_path.")
     workers: int | None = Field(None, ge=0, description="Processes that decode and preprocess files while the "
                                                         "model runs; 0 decodes in a thread; auto when unset.")
+    executor: Literal["local", "ray"] = Field("local", description="local: this process and its decoding workers; "
+                                                               "ray: a Ray cluster (the `ray` section).")
+    ray: RaySettings = Field(default_factory=RaySettings)
     textual: TextualModality | None = None
     visual: VisualModality | None = None
     audio: AudioModality | None = None

@@ -1,0 +1,229 @@
+"""The Ray executor (`executor: ray`): the same shards and batches as the local executor, run on a Ray cluster with
+Ray Data: a dataset of planned batches -> decoding as CPU tasks (`map_batches`, images and audio) -> the model as an
+actor pool (`map_batches` with `ActorPoolStrategy`, each actor builds the model once) -> the vectors stream back to
+the driver, whose writers write each shard when its last batch arrives (so resume works by shard, as locally).
+Ray restarts a killed actor or task and retries its batch (`max_restarts`/`max_task_retries` -1, Ray Data's
+defaults for actor pools); records that fail are skipped and listed exactly as locally."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from .backends.registry import build_extractor
+from .config.schema import Config, RaySettings
+from .device import resolve_device
+from .errors import ConfigError
+from .plan import Job
+from .runner import JobOutputs, JobResult, fit
+from .shards import Batch, Extracted, batches, decode, extract, loaded, prepare, shard_records
+from .sources import Source
+
+log = logging.getLogger("ducho")
+
+# the environment every Ray worker needs as the driver has it (offline hubs, quiet tokenizers)
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM",
+                 "TF_CPP_MIN_LOG_LEVEL", "HF_HOME", "TORCH_HOME", "KERAS_HOME")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The actor pool and the decoding tasks of a job, from the settings and the cluster's resources."""
+
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+    threads_per_actor: int
+    decode_cpus: float
+
+
+def plan_sizing(settings: RaySettings, nodes: list[dict[str, float]], decodes: bool) -> Sizing:
+    """Default: one actor per GPU with GPUs; without, one actor per node, holding the node's CPUs less the decoding
+    tasks' (at least half of them), its torch threads filling the node (decoding runs at nice 19, as locally)."""
+    gpus = sum(node.get("GPU", 0) for node in nodes)
+    node_cpus = min((node.get("CPU", 0) for node in nodes), default=1) or 1
+    if gpus and settings.gpus_per_actor != 0:
+        per_gpu = settings.gpus_per_actor or 1
+        cpus = settings.cpus_per_actor or 1
+        actors = settings.actors or max(1, int(gpus // per_gpu))
+        return Sizing(actors, per_gpu, cpus, max(1, int(cpus)), settings.decode_cpus)
+    actors = settings.actors or len(nodes)
+    per_node = max(1, round(actors / max(1, len(nodes))))
+    share = node_cpus / per_node
+    if settings.cpus_per_actor:
+        cpus = settings.cpus_per_actor
+    elif decodes:
+        cpus = max(share - settings.decode_cpus, share / 2)
+    else:
+        cpus = share
+    decode_cpus = min(settings.decode_cpus, max(node_cpus - cpus * per_node, 0.25))
+    return Sizing(actors, 0.0, cpus, max(1, int(share)), decode_cpus)
+
+
+class RayExecutor:
+    """Connects to (or starts) the cluster once per run; `run_job` runs one job on it."""
+
+    def __init__(self, config: Config) -> None:
+        import ray
+
+        self.settings = config.ray
+        self.config = config
+        address = self.settings.address
+        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        started = time.perf_counter()
+        if address == "local":
+            ray.init(num_cpus=self.settings.num_cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, runtime_env={"env_vars": env})
+        else:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                         runtime_env={"env_vars": env})
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise ConfigError(f"ray.address {address!r}: cannot connect to a Ray cluster there ({error}); "
+                                  "accepted: local, auto (a cluster started with `ray start`), HOST:PORT, "
+                                  "ray://HOST:PORT") from error
+        self.startup_seconds = time.perf_counter() - started
+        from ray.data import DataContext
+
+        context = DataContext.get_current()
+        context.enable_progress_bars = False  # the driver shows one bar of records
+        context.print_on_execution_start = False
+        self.nodes = [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+        log.info("ray: %s, %d node(s), %s CPU, %s GPU, connected in %.1f s", address, len(self.nodes),
+                 sum(n.get("CPU", 0) for n in self.nodes), sum(n.get("GPU", 0) for n in self.nodes),
+                 self.startup_seconds)
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
+
+    def run_job(self, job: Job, source: Source, scan: Any, device: str, config: Config, progress: bool) -> JobResult:
+        import ray
+        from ray.data import ActorPoolStrategy
+
+        started = time.perf_counter()
+        log.info("%s: %s (%s) on %s -> %s, on Ray", job.key, job.spec.model_name, job.backend, job.input_path,
+                 job.output_dir)
+        # the driver builds the model on its CPU too: for the layers, the loader, the sort key, the manifest, a fit
+        extractor = build_extractor(job.modality, job.backend, job.spec, "cpu")
+        fit(extractor, source, scan, job)
+        fitted = pickle.dumps(extractor) if hasattr(extractor, "fit") else None
+        outputs = JobOutputs(job, extractor, source, scan, config, f"ray ({config.device})", started)
+        work, sizes, left = [], {}, Counter()
+        for index, records, skips in shard_records(source, scan, job.spec):
+            for skip in skips:
+                outputs.report(skip)
+            if not records:
+                continue
+            if outputs.is_done(index, records):
+                outputs.result.resumed += len(records)
+                continue
+            sizes[index] = len(records)
+            for batch in batches(index, records, job.spec.batch_size, extractor.sort_key):
+                work.append({"batch": pickle.dumps(batch)})
+                left[index] += 1
+        sizing = plan_sizing(self.settings, self.nodes, extractor.loader is not None)
+        log.info("%s: %d batch(es) of %d shard(s) to run (%d records done), %d actor(s) x %s CPU %s GPU, "
+                 "%d torch thread(s) each, decoding tasks %s CPU", job.key, len(work), len(sizes),
+                 outputs.result.resumed, sizing.actors, sizing.cpus_per_actor, sizing.gpus_per_actor,
+                 sizing.threads_per_actor, sizing.decode_cpus)
+        nodes: Counter[str] = Counter()
+        if work:
+            dataset = ray.data.from_items(work, override_num_blocks=min(len(work), 1000))
+            if extractor.loader is not None:
+                dataset = dataset.map_batches(_decode_rows, batch_size=1, fn_kwargs={"loader": extractor.loader},
+                                              num_cpus=sizing.decode_cpus)
+            dataset = dataset.map_batches(
+                _ModelActor, batch_size=1, compute=ActorPoolStrategy(size=sizing.actors),
+                fn_constructor_kwargs={"job": job, "device": config.device, "threads": sizing.threads_per_actor,
+                                       "fitted": fitted},
+                num_cpus=sizing.cpus_per_actor, num_gpus=sizing.gpus_per_actor or None)
+            bar = tqdm(total=scan.kept - outputs.result.resumed, desc=job.key, unit="rec", disable=not progress,
+                       dynamic_ncols=True)
+            try:
+                for row in dataset.iter_rows():
+                    extracted, node, count = pickle.loads(row["result"])
+                    outputs.add(extracted)
+                    nodes[node] += count
+                    bar.update(count)
+                    left[extracted.shard] -= 1
+                    if left[extracted.shard] == 0:
+                        outputs.end_shard(extracted.shard, sizes[extracted.shard])
+            finally:
+                bar.close()
+        outputs.extra["ray"] = {"address": self.settings.address, "actors": sizing.actors,
+                                "records_per_node": dict(nodes)}
+        log.info("%s: records per Ray node: %s", job.key, dict(nodes) or "none (all done)")
+        return outputs.close()
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT address that does not answer fails now, naming it (Ray would retry for a minute)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ray.address {address!r} is not accepted; accepted: local, auto, HOST:PORT, "
+                          "ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise ConfigError(f"ray.address {address!r}: nothing answers at {host}:{port} ({error}); start the head "
+                          "with `ray start --head` or fix the address") from error
+
+
+def _decode_rows(rows: dict[str, Any], loader: Any) -> dict[str, Any]:
+    """A Ray task: load the files of each planned batch (at nice 19, so the model's threads keep the cores)."""
+    _lowest_priority()
+    out = []
+    for blob in rows["batch"]:
+        batch: Batch = pickle.loads(blob)
+        out.append(pickle.dumps((batch, decode(loader, batch))))
+    return {"decoded": out}
+
+
+def _lowest_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    except (AttributeError, OSError):
+        pass
+
+
+class _ModelActor:
+    """One model per actor, built once; each call runs planned batches through the shard runner's `extract`."""
+
+    def __init__(self, job: Job, device: str, threads: int, fitted: bytes | None) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)
+        self.job = job
+        device = resolve_device("auto" if device.startswith("cuda") else device, fallback_to_cpu=True)
+        self.extractor = pickle.loads(fitted) if fitted else build_extractor(job.modality, job.backend, job.spec,
+                                                                              device)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
+        out = []
+        for blob in rows["decoded"] if "decoded" in rows else rows["batch"]:
+            if "decoded" in rows:
+                batch, items = pickle.loads(blob)
+            else:
+                batch = pickle.loads(blob)
+                items = decode(None, batch)
+            good, good_items, skips = loaded(batch, items)
+            extracted = extract(self.extractor, self.job.spec.normalize, good, good_items,
+                                prepare(self.extractor, good_items)) if good.records else Extracted(batch.shard)
+            extracted.skips = [*skips, *extracted.skips]
+            out.append(pickle.dumps((extracted, self.node, len(batch.records))))
+        return {"result": out}
