@@ -41,20 +41,21 @@ class Sizing:
     actors: int
     gpus_per_actor: float
     cpus_per_actor: float
-    threads_per_actor: int
+    actors_per_node: int  # without GPUs an actor's torch threads share its node's cores with the others there
     decode_cpus: float
 
 
 def plan_sizing(settings: RaySettings, nodes: list[dict[str, float]], decodes: bool) -> Sizing:
     """Default: one actor per GPU with GPUs; without, one actor per node, holding the node's CPUs less the decoding
-    tasks' (at least half of them), its torch threads filling the node (decoding runs at nice 19, as locally)."""
+    tasks' (at least half of them), its torch threads filling the node's cores as a local run's do (decoding runs at
+    nice 19, as locally), so that it computes the same bits."""
     gpus = sum(node.get("GPU", 0) for node in nodes)
     node_cpus = min((node.get("CPU", 0) for node in nodes), default=1) or 1
     if gpus and settings.gpus_per_actor != 0:
         per_gpu = settings.gpus_per_actor or 1
         cpus = settings.cpus_per_actor or 1
         actors = settings.actors or max(1, int(gpus // per_gpu))
-        return Sizing(actors, per_gpu, cpus, max(1, int(cpus)), settings.decode_cpus)
+        return Sizing(actors, per_gpu, cpus, 0, settings.decode_cpus)
     actors = settings.actors or len(nodes)
     per_node = max(1, round(actors / max(1, len(nodes))))
     share = node_cpus / per_node
@@ -65,7 +66,7 @@ def plan_sizing(settings: RaySettings, nodes: list[dict[str, float]], decodes: b
     else:
         cpus = share
     decode_cpus = min(settings.decode_cpus, max(node_cpus - cpus * per_node, 0.25))
-    return Sizing(actors, 0.0, cpus, max(1, int(share)), decode_cpus)
+    return Sizing(actors, 0.0, cpus, per_node, decode_cpus)
 
 
 class RayExecutor:
@@ -97,6 +98,7 @@ class RayExecutor:
         context = DataContext.get_current()
         context.enable_progress_bars = False  # the driver shows one bar of records
         context.print_on_execution_start = False
+        context.wait_for_min_actors_s = 600  # every model actor up before work is handed out: all nodes share it
         self.nodes = [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
         log.info("ray: %s, %d node(s), %s CPU, %s GPU, connected in %.1f s", address, len(self.nodes),
                  sum(n.get("CPU", 0) for n in self.nodes), sum(n.get("GPU", 0) for n in self.nodes),
@@ -133,10 +135,9 @@ class RayExecutor:
                 work.append({"batch": pickle.dumps(batch)})
                 left[index] += 1
         sizing = plan_sizing(self.settings, self.nodes, extractor.loader is not None)
-        log.info("%s: %d batch(es) of %d shard(s) to run (%d records done), %d actor(s) x %s CPU %s GPU, "
-                 "%d torch thread(s) each, decoding tasks %s CPU", job.key, len(work), len(sizes),
-                 outputs.result.resumed, sizing.actors, sizing.cpus_per_actor, sizing.gpus_per_actor,
-                 sizing.threads_per_actor, sizing.decode_cpus)
+        log.info("%s: %d batch(es) of %d shard(s) to run (%d records done), %d actor(s) x %s CPU %s GPU, decoding "
+                 "tasks %s CPU", job.key, len(work), len(sizes), outputs.result.resumed, sizing.actors,
+                 sizing.cpus_per_actor, sizing.gpus_per_actor, sizing.decode_cpus)
         nodes: Counter[str] = Counter()
         if work:
             dataset = ray.data.from_items(work, override_num_blocks=min(len(work), 1000))
@@ -145,7 +146,7 @@ class RayExecutor:
                                               num_cpus=sizing.decode_cpus)
             dataset = dataset.map_batches(
                 _ModelActor, batch_size=1, compute=ActorPoolStrategy(size=sizing.actors),
-                fn_constructor_kwargs={"job": job, "device": config.device, "threads": sizing.threads_per_actor,
+                fn_constructor_kwargs={"job": job, "device": config.device, "per_node": sizing.actors_per_node,
                                        "fitted": fitted},
                 num_cpus=sizing.cpus_per_actor, num_gpus=sizing.gpus_per_actor or None)
             bar = tqdm(total=scan.kept - outputs.result.resumed, desc=job.key, unit="rec", disable=not progress,
@@ -154,7 +155,7 @@ class RayExecutor:
                 for row in dataset.iter_rows():
                     extracted, node, count = pickle.loads(row["result"])
                     outputs.add(extracted)
-                    nodes[node] += count
+                    nodes[node] += len(extracted.keys)
                     bar.update(count)
                     left[extracted.shard] -= 1
                     if left[extracted.shard] == 0:
@@ -162,8 +163,8 @@ class RayExecutor:
             finally:
                 bar.close()
         outputs.extra["ray"] = {"address": self.settings.address, "actors": sizing.actors,
-                                "records_per_node": dict(nodes)}
-        log.info("%s: records per Ray node: %s", job.key, dict(nodes) or "none (all done)")
+                                "extracted_per_node": dict(nodes)}
+        log.info("%s: records extracted per Ray node: %s", job.key, dict(nodes) or "none (all done)")
         return outputs.close()
 
 
@@ -202,11 +203,12 @@ def _lowest_priority() -> None:
 class _ModelActor:
     """One model per actor, built once; each call runs planned batches through the shard runner's `extract`."""
 
-    def __init__(self, job: Job, device: str, threads: int, fitted: bytes | None) -> None:
+    def __init__(self, job: Job, device: str, per_node: int, fitted: bytes | None) -> None:
         import ray
         import torch
 
-        torch.set_num_threads(threads)
+        if per_node:  # Ray set OMP_NUM_THREADS to the actor's logical CPUs; the node's cores are what a local run uses
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
         self.job = job
         device = resolve_device("auto" if device.startswith("cuda") else device, fallback_to_cpu=True)
         self.extractor = pickle.loads(fitted) if fitted else build_extractor(job.modality, job.backend, job.spec,

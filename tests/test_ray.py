@@ -1,0 +1,225 @@
+"""`executor: ray` on a 2-node Ray cluster made on this machine (`ray.cluster_utils.Cluster`): the same vectors as
+the local executor for a text, an image and an audio job, work on both nodes, resume after the driver is killed,
+a model actor killed mid-run, a node removed mid-run, and an unreachable address refused before any work."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from conftest import WORDS, write_tsv
+from ducho import run
+from ducho.errors import ConfigError
+
+pytest.importorskip("ray", reason="the ray extra (make test installs it)")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    """A head with 2 CPUs and a worker node with 1: two model actors, one per node."""
+    from ray.cluster_utils import Cluster
+
+    made = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    worker = made.add_node(num_cpus=1)
+    made.wait_for_nodes()
+    made.worker = worker  # type: ignore[attr-defined]
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_w2v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    folder = tmp_path_factory.mktemp("ray-audio") / "tiny-w2v2"
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                            conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=4, feat_extract_norm="group", do_stable_layer_norm=False)
+    Wav2Vec2Model(config).eval().save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=False).save_pretrained(folder)
+    return folder
+
+
+def texts(root: Path, count: int) -> None:
+    rng = random.Random(count)
+    rows = [[f"t{n}", " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30)))] for n in range(count)]
+    write_tsv(root / "texts.tsv", ["id", "text"], rows)
+
+
+def media(root: Path) -> None:
+    rng = np.random.default_rng(3)
+    (root / "images").mkdir(parents=True)
+    for n in range(8):
+        Image.fromarray(rng.integers(0, 255, (40 + 9 * n, 50, 3), dtype=np.uint8)).save(root / "images" / f"p{n}.jpg")
+    (root / "images" / "broken.jpg").write_bytes(b"not an image")  # skipped and listed, as locally
+    (root / "clips").mkdir()
+    for n in range(4):
+        sf.write(root / "clips" / f"c{n}.wav", rng.normal(0, 0.1, 8000 + 3000 * n).astype(np.float32), 16000)
+
+
+def config(root: Path, out: str, tiny_bert: Path, tiny_w2v2: Path | None = None, **top: object) -> dict:
+    sections: dict = {"textual": {"items": {"input_path": "texts.tsv", "output_path": f"{out}/text", "model": [
+        {"model_name": str(tiny_bert), "backend": "transformers", "batch_size": 4}]}}}
+    if tiny_w2v2 is not None:
+        sections["visual"] = {"items": {"input_path": "images", "output_path": f"{out}/images", "model": [
+            {"model_name": "resnet18", "weights": "none", "output_layers": ["avgpool", "fc"], "batch_size": 2}]}}
+        sections["audio"] = {"items": {"input_path": "clips", "output_path": f"{out}/audio", "model": [
+            {"model_name": str(tiny_w2v2), "backend": "transformers", "batch_size": 1}]}}
+    return {"dataset_path": str(root), "device": "cpu", "workers": 0, **sections, **top}
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every output file but the manifests and logs (they name times and executors)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def on_ray(address: str) -> dict:
+    return {"executor": "ray", "ray": {"address": address}}
+
+
+def test_text_image_audio_equal_the_local_executor_and_run_on_both_nodes(
+        cluster: object, tmp_path: Path, tiny_bert: Path, tiny_w2v2: Path) -> None:
+    texts(tmp_path, 60)
+    media(tmp_path)
+    local = run(config(tmp_path, "local", tiny_bert, tiny_w2v2), progress=False)
+    ray_run = run(config(tmp_path, "ray", tiny_bert, tiny_w2v2, **on_ray(cluster.address)), progress=False)
+    assert [job.extracted for job in ray_run.jobs] == [job.extracted for job in local.jobs] == [60, 8, 4]
+    expected = files(tmp_path / "local")
+    assert len(expected) > 60 + 16 + 4 and files(tmp_path / "ray") == expected  # vectors and failures.tsv
+    assert "broken" in (tmp_path / "ray/images/torch/resnet18/failures.tsv").read_text()
+    import json
+
+    nodes = set()
+    for job in ray_run.jobs:
+        manifest = json.loads(next(job.output_dir.glob("*/manifest.json")).read_text())
+        assert manifest["ray"]["actors"] == 2 and sum(manifest["ray"]["extracted_per_node"].values()) == job.extracted
+        nodes |= set(manifest["ray"]["extracted_per_node"])
+    assert len(nodes) == 2  # work ran on both nodes
+
+
+SMALL_SHARDS = "import ducho.shards as s, sys; s.SHARD = 40; from ducho.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def parquet_job(root: Path, out: str, tiny_bert: Path, **top: object) -> Path:
+    import yaml
+
+    path = root / f"{out}.yml"
+    path.write_text(yaml.safe_dump(config(root, out, tiny_bert, format="parquet", **top)))
+    return path
+
+
+def test_a_killed_driver_resumes_by_shard_to_the_local_executors_files(
+        cluster: object, tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts(tmp_path, 800)  # 20 shards of 40
+    monkeypatch.setattr("ducho.shards.SHARD", 40)
+    run(config(tmp_path, "local", tiny_bert, format="parquet"), progress=False)
+    expected = files(tmp_path / "local")
+    shards = tmp_path / "ray/text/transformers/tiny-bert/last_hidden_state/shards"
+    cfg = parquet_job(tmp_path, "ray", tiny_bert, **on_ray(cluster.address))
+    driver = subprocess.Popen([sys.executable, "-c", SMALL_SHARDS, "run", str(cfg), "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(shards.glob("part-*.parquet"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    written = len(list(shards.glob("part-*.parquet")))
+    assert 2 <= written < 20, written  # killed mid-run
+    again = run(config(tmp_path, "ray", tiny_bert, format="parquet", **on_ray(cluster.address)), progress=False)
+    assert again.jobs[0].resumed >= 40 * written and again.jobs[0].extracted == 800 - again.jobs[0].resumed
+    assert files(tmp_path / "ray") == expected
+
+
+def kill_when(condition: Callable[[], bool], find: Callable[[], list[int]], killed: list[int]) -> threading.Thread:
+    """A thread that, once `condition` holds, SIGKILLs the processes `find` gives (their pids land in `killed`)."""
+    def work() -> None:
+        deadline = time.monotonic() + 300
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for pid in find():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def model_actors() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if "_ModelActor" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_model_actor_killed_mid_run_is_restarted_and_the_output_is_complete(
+        cluster: object, tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts(tmp_path, 800)
+    monkeypatch.setattr("ducho.shards.SHARD", 40)
+    run(config(tmp_path, "local", tiny_bert, format="parquet"), progress=False)
+    shards = tmp_path / "ray/text/transformers/tiny-bert/last_hidden_state/shards"
+    killed: list[int] = []
+    at_kill: list[int] = []
+
+    def started() -> bool:
+        at_kill[:] = [len(list(shards.glob("part-*.parquet")))]
+        return at_kill[0] >= 2
+
+    thread = kill_when(started, lambda: model_actors()[:1], killed)
+    result = run(config(tmp_path, "ray", tiny_bert, format="parquet", **on_ray(cluster.address)), progress=False)
+    thread.join()
+    assert len(killed) == 1 and at_kill[0] < 20  # an actor died while shards were left
+    assert result.jobs[0].extracted == 800 and files(tmp_path / "ray") == files(tmp_path / "local")
+
+
+def test_a_node_leaving_mid_run_does_not_fail_the_job(
+        tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.cluster_utils import Cluster
+
+    texts(tmp_path, 800)
+    monkeypatch.setattr("ducho.shards.SHARD", 40)
+    run(config(tmp_path, "local", tiny_bert, format="parquet"), progress=False)
+    own = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    worker = own.add_node(num_cpus=1)
+    own.wait_for_nodes()
+    shards = tmp_path / "ray/text/transformers/tiny-bert/last_hidden_state/shards"
+    removed: list[bool] = []
+
+    def remove() -> None:
+        deadline = time.monotonic() + 300
+        while len(list(shards.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        removed.append(len(list(shards.glob("part-*.parquet"))) < 20)
+        own.remove_node(worker)
+
+    thread = threading.Thread(target=remove, daemon=True)
+    thread.start()
+    try:
+        result = run(config(tmp_path, "ray", tiny_bert, format="parquet", **on_ray(own.address)), progress=False)
+        thread.join()
+    finally:
+        own.shutdown()
+    assert removed == [True]  # the node left while shards were left
+    assert result.jobs[0].extracted == 800 and files(tmp_path / "ray") == files(tmp_path / "local")
+
+
+def test_an_unreachable_address_fails_before_any_work_naming_it(tmp_path: Path, tiny_bert: Path) -> None:
+    texts(tmp_path, 3)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"ray.address '127.0.0.1:9': nothing answers"):
+        run(config(tmp_path, "out", tiny_bert, **on_ray("127.0.0.1:9")), progress=False)
+    assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()
