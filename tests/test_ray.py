@@ -23,8 +23,6 @@ from conftest import WORDS, write_tsv
 from ducho import run
 from ducho.errors import ConfigError
 
-pytest.importorskip("ray", reason="the ray extra (make test installs it)")
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[object]:
@@ -92,6 +90,19 @@ def on_ray(address: str) -> dict:
     return {"executor": "ray", "ray": {"address": address}}
 
 
+def test_a_cluster_started_by_the_run_and_strict_mode(tmp_path: Path, tiny_bert: Path) -> None:
+    """address local (the default) starts a 2-CPU cluster inside the run; in strict mode a bad image stops the job
+    (listed in failures.tsv otherwise, as the next test shows)."""
+    from ducho.errors import StrictModeError
+
+    texts(tmp_path, 3)
+    media(tmp_path)
+    cfg = config(tmp_path, "out", tiny_bert, Path("unused"), executor="ray", ray={"num_cpus": 2})
+    del cfg["textual"], cfg["audio"]
+    with pytest.raises(StrictModeError, match="broken"):  # the bad file's failure came back from the cluster
+        run({**cfg, "strict": True}, progress=False)
+
+
 def test_text_image_audio_equal_the_local_executor_and_run_on_both_nodes(
         cluster: object, tmp_path: Path, tiny_bert: Path, tiny_w2v2: Path) -> None:
     texts(tmp_path, 60)
@@ -112,7 +123,28 @@ def test_text_image_audio_equal_the_local_executor_and_run_on_both_nodes(
     assert len(nodes) == 2  # work ran on both nodes
 
 
-SMALL_SHARDS = "import ducho.shards as s, sys; s.SHARD = 40; from ducho.cli import main; sys.exit(main(sys.argv[1:]))"
+SHARD, TEXTS = 20, 400  # 20 shards
+SMALL_SHARDS = (f"import ducho.shards as s, sys; s.SHARD = {SHARD}; from ducho.cli import main; "
+                "sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> tuple[Path, dict[str, bytes]]:
+    """400 texts and the local executor's Parquet output of them in shards of 20, for the fault tests."""
+    import ducho.shards
+
+    root = tmp_path_factory.mktemp("ray-faults")
+    texts(root, TEXTS)
+    saved, ducho.shards.SHARD = ducho.shards.SHARD, SHARD
+    try:
+        run(config(root, "local", tiny_bert, format="parquet"), progress=False)
+    finally:
+        ducho.shards.SHARD = saved
+    return root, files(root / "local")
+
+
+def parts(root: Path, out: str) -> int:
+    return len(list((root / out / "text/transformers/tiny-bert/last_hidden_state/shards").glob("part-*.parquet")))
 
 
 def parquet_job(root: Path, out: str, tiny_bert: Path, **top: object) -> Path:
@@ -123,37 +155,13 @@ def parquet_job(root: Path, out: str, tiny_bert: Path, **top: object) -> Path:
     return path
 
 
-def test_a_killed_driver_resumes_by_shard_to_the_local_executors_files(
-        cluster: object, tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    texts(tmp_path, 800)  # 20 shards of 40
-    monkeypatch.setattr("ducho.shards.SHARD", 40)
-    run(config(tmp_path, "local", tiny_bert, format="parquet"), progress=False)
-    expected = files(tmp_path / "local")
-    shards = tmp_path / "ray/text/transformers/tiny-bert/last_hidden_state/shards"
-    cfg = parquet_job(tmp_path, "ray", tiny_bert, **on_ray(cluster.address))
-    driver = subprocess.Popen([sys.executable, "-c", SMALL_SHARDS, "run", str(cfg), "--no-progress"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while len(list(shards.glob("part-*.parquet"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    written = len(list(shards.glob("part-*.parquet")))
-    assert 2 <= written < 20, written  # killed mid-run
-    again = run(config(tmp_path, "ray", tiny_bert, format="parquet", **on_ray(cluster.address)), progress=False)
-    assert again.jobs[0].resumed >= 40 * written and again.jobs[0].extracted == 800 - again.jobs[0].resumed
-    assert files(tmp_path / "ray") == expected
-
-
-def kill_when(condition: Callable[[], bool], find: Callable[[], list[int]], killed: list[int]) -> threading.Thread:
-    """A thread that, once `condition` holds, SIGKILLs the processes `find` gives (their pids land in `killed`)."""
+def when(condition: Callable[[], bool], action: Callable[[], None]) -> threading.Thread:
+    """A thread that runs `action` once `condition` holds (or after 300 s)."""
     def work() -> None:
         deadline = time.monotonic() + 300
         while not condition() and time.monotonic() < deadline:
             time.sleep(0.02)
-        for pid in find():
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+        action()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -166,55 +174,55 @@ def model_actors() -> list[int]:
     return [p.pid for p in psutil.process_iter(["cmdline"]) if "_ModelActor" in " ".join(p.info["cmdline"] or [])]
 
 
-def test_a_model_actor_killed_mid_run_is_restarted_and_the_output_is_complete(
-        cluster: object, tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    texts(tmp_path, 800)
-    monkeypatch.setattr("ducho.shards.SHARD", 40)
-    run(config(tmp_path, "local", tiny_bert, format="parquet"), progress=False)
-    shards = tmp_path / "ray/text/transformers/tiny-bert/last_hidden_state/shards"
-    killed: list[int] = []
-    at_kill: list[int] = []
+def test_a_killed_driver_resumes_by_shard_and_a_killed_actor_is_restarted(
+        cluster: object, shared: tuple[Path, dict[str, bytes]], tiny_bert: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of the driver mid-run, then the same run again, during which a model actor is killed: only the
+    missing shards are computed, and the files equal the local executor's."""
+    root, expected = shared
+    cfg = parquet_job(root, "killed", tiny_bert, **on_ray(cluster.address))
+    driver = subprocess.Popen([sys.executable, "-c", SMALL_SHARDS, "run", str(cfg), "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while parts(root, "killed") < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    written = parts(root, "killed")
+    assert 2 <= written < 15, written  # killed mid-run
+    killed: list[tuple[int, int]] = []
 
-    def started() -> bool:
-        at_kill[:] = [len(list(shards.glob("part-*.parquet")))]
-        return at_kill[0] >= 2
+    def kill() -> None:
+        for pid in model_actors()[:1]:
+            os.kill(pid, signal.SIGKILL)
+            killed.append((pid, parts(root, "killed")))
 
-    thread = kill_when(started, lambda: model_actors()[:1], killed)
-    result = run(config(tmp_path, "ray", tiny_bert, format="parquet", **on_ray(cluster.address)), progress=False)
+    monkeypatch.setattr("ducho.shards.SHARD", SHARD)
+    thread = when(lambda: parts(root, "killed") >= written + 2, kill)
+    again = run(config(root, "killed", tiny_bert, format="parquet", **on_ray(cluster.address)), progress=False)
     thread.join()
-    assert len(killed) == 1 and at_kill[0] < 20  # an actor died while shards were left
-    assert result.jobs[0].extracted == 800 and files(tmp_path / "ray") == files(tmp_path / "local")
+    assert len(killed) == 1 and killed[0][1] < 20  # an actor died while shards were left
+    assert again.jobs[0].resumed >= SHARD * written and again.jobs[0].extracted == TEXTS - again.jobs[0].resumed
+    assert files(root / "killed") == expected
 
 
 def test_a_node_leaving_mid_run_does_not_fail_the_job(
-        tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ray.cluster_utils import Cluster
-
-    texts(tmp_path, 800)
-    monkeypatch.setattr("ducho.shards.SHARD", 40)
-    run(config(tmp_path, "local", tiny_bert, format="parquet"), progress=False)
-    own = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    worker = own.add_node(num_cpus=1)
-    own.wait_for_nodes()
-    shards = tmp_path / "ray/text/transformers/tiny-bert/last_hidden_state/shards"
-    removed: list[bool] = []
+        cluster: object, shared: tuple[Path, dict[str, bytes]], tiny_bert: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker node of the 2-node cluster leaves mid-run (the last test on that cluster)."""
+    root, expected = shared
+    monkeypatch.setattr("ducho.shards.SHARD", SHARD)
+    removed: list[int] = []
 
     def remove() -> None:
-        deadline = time.monotonic() + 300
-        while len(list(shards.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        removed.append(len(list(shards.glob("part-*.parquet"))) < 20)
-        own.remove_node(worker)
+        removed.append(parts(root, "node"))
+        cluster.remove_node(cluster.worker)
 
-    thread = threading.Thread(target=remove, daemon=True)
-    thread.start()
-    try:
-        result = run(config(tmp_path, "ray", tiny_bert, format="parquet", **on_ray(own.address)), progress=False)
-        thread.join()
-    finally:
-        own.shutdown()
-    assert removed == [True]  # the node left while shards were left
-    assert result.jobs[0].extracted == 800 and files(tmp_path / "ray") == files(tmp_path / "local")
+    thread = when(lambda: parts(root, "node") >= 2, remove)
+    result = run(config(root, "node", tiny_bert, format="parquet", **on_ray(cluster.address)), progress=False)
+    thread.join()
+    assert len(removed) == 1 and removed[0] < 20  # the node left while shards were left
+    assert result.jobs[0].extracted == TEXTS and files(root / "node") == expected
 
 
 def test_an_unreachable_address_fails_before_any_work_naming_it(tmp_path: Path, tiny_bert: Path) -> None:

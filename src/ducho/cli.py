@@ -1,4 +1,5 @@
-"""`ducho` command line: run, validate, layers, demo. Heavy libraries load only inside the commands that need them."""
+"""`ducho` command line: run, validate, layers, export, demo. Heavy libraries (torch, numpy, pyarrow) load only
+inside the commands that need them."""
 
 from __future__ import annotations
 
@@ -45,6 +46,28 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.add_argument("--weights", help="torch weights (DEFAULT when unset, none, a weights file)")
     export.add_argument("--pooling", help="torch: pool the layer as ducho does (avg|mean|max|none)")
+
+    feed = commands.add_parser("export", help="write a run's features in the layout Elliot, MMRec, Cornac or a "
+                                              "Parquet reader takes")
+    feed.add_argument("folder", help="a layer folder of a run (it holds the run's manifest.json), or a folder above: "
+                                     "then every layer folder under it")
+    feed.add_argument("--to", required=True, choices=["elliot", "mmrec", "cornac", "parquet"])
+    feed.add_argument("--mapping", help="elliot, mmrec: raw id -> int id, two tab-separated columns with a header "
+                                        "(MMRec's i_id_mapping.csv); elliot without it: consecutive ints")
+    feed.add_argument("--name", help="mmrec: the matrix file (default image_feat.npy, text_feat.npy or "
+                                     "audio_feat.npy by the modality)")
+    feed.add_argument("--output", help="the export folder (default <layer>/export-<to>; with several layers, "
+                                       "<output>/<layer path under FOLDER>)")
+    feed.add_argument("--dtype", choices=["float32", "float16"], help="default: the run's dtype")
+    feed.add_argument("--pca", type=int, metavar="K", help="elliot: also pca<K>/<int id>.npy, a PCA fitted on the "
+                                                           "items exported")
+
+    report = commands.add_parser("report", help="one self-contained HTML page on the features under a folder")
+    report.add_argument("folder", help="an output folder, or a run's dataset folder (every layer under it)")
+    report.add_argument("-o", "--output", help="the HTML file to write (default: FOLDER/report.html)")
+    report.add_argument("--labels", help="TSV (or .csv) with a header: ids, then labels (k-NN accuracy, colours)")
+    report.add_argument("--label-column", help="the labels' column (default: the last)")
+    report.add_argument("--sample", type=int, default=2000, help="records per layer plotted and compared (2000)")
 
     demo = commands.add_parser("demo", help="run the bundled demo with the packaged offline models")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's data copy and features")
@@ -111,6 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(export(args.model, args.backend, args.modality, args.layer, args.output, args.weights,
                          args.pooling).summary())
+            return 0
+        if args.command == "export":
+            from .exports import export as export_features
+
+            for done in export_features(args.folder, args.to, mapping=args.mapping, name=args.name,
+                                        output=args.output, dtype=args.dtype, pca=args.pca):
+                print(done.folder)  # the log line above says what it holds
+            return 0
+        if args.command == "report":
+            if args.label_column and not args.labels:
+                parser.error("--label-column needs --labels")
+            from .report import write_report
+
+            print(write_report(args.folder, args.output, labels=args.labels, label_column=args.label_column,
+                               sample=args.sample))
             return 0
         if args.command == "demo":
             from .demo.main import main as demo_main

@@ -1,13 +1,15 @@
 """Record ids and the file names made from them.
 
 Ids are percent-encoded into file names, so the mapping is one-to-one for single ids, no id can
-reach outside its output folder, and `int`-like ids (the Elliot convention) stay as they are.
+reach outside its output folder, and `int`-like ids (the Elliot convention) stay as they are; `stem_id` and
+`stem_key` decode a file name back to its id (`ducho export` reads `format: npy` outputs with them).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 SAFE_PUNCTUATION = set("-_.,+=@!$&'()[]{}#")  # "~" marks shortened stems
 MAX_STEM_BYTES = 200
@@ -51,3 +53,30 @@ def _shorten(stem: str) -> str:
         return stem
     digest = hashlib.sha1(stem.encode("utf-8")).hexdigest()[:16]
     return stem.encode("utf-8")[:150].decode("utf-8", "ignore") + "~" + digest
+
+
+def stem_id(stem: str) -> str | None:
+    """The id `safe_stem` made `stem` from, or None where no id gives it (a shortened stem: its end is a digest)."""
+    if stem == "%":
+        return ""
+    try:
+        value = unquote(stem, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return value if safe_stem(value) == stem else None
+
+
+def stem_key(stem: str, interactions: bool) -> RecordKey | None:
+    """The record key of a file stem (`<item>` or `<user>__<item>`); None where the stem is shortened, or splits
+    into more than one valid pair (a user id ending, or an item id starting, with `_` or `__`)."""
+    if not interactions:
+        item = stem_id(stem)
+        return None if item is None else RecordKey(item)
+    keys = []
+    start = stem.find(PAIR_SEPARATOR)
+    while start >= 0:
+        user, item = stem_id(stem[:start]), stem_id(stem[start + len(PAIR_SEPARATOR):])
+        if user is not None and item is not None:
+            keys.append(RecordKey(item, user))
+        start = stem.find(PAIR_SEPARATOR, start + 1)
+    return keys[0] if len(keys) == 1 else None

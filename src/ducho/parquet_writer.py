@@ -1,9 +1,10 @@
 """`format: parquet`: one `shards/part-NNNNN.parquet` per shard of records (the resume unit), never joined; the
 `shards` folder holds nothing else, so any Parquet reader reads it whole (the layer folder also holds the manifest).
 
-Columns: `id` (items) or `user` and `item` (interactions), strings, and `vector`, a fixed-size list of float32: the
-record's feature flattened row-major, its shape in the schema metadata (`ducho.shape`, JSON). Rows follow the input
-order within a part, and parts follow it by their number.
+Columns: `id` (items) or `user` and `item` (interactions), strings, and `vector`, a fixed-size list of float32 (or
+float16, `dtype: float16`): the record's feature flattened row-major, its shape in the schema metadata (`ducho.shape`,
+JSON). Rows follow the input order within a part, and parts follow it by their number. `vector_table` and
+`write_part` build and write a part (`ducho export --to parquet` writes its shards with them).
 
 Compression zstd: float vectors barely compress, yet zstd takes ~7% off dense embeddings (snappy nothing) and ~15%
 more than snappy off ReLU maps, at the same speed; pyarrow, pandas, Hugging Face datasets, Spark, DuckDB and Polars
@@ -22,7 +23,7 @@ import numpy as np
 
 from .errors import DuchoError
 from .ids import RecordKey
-from .writers import PARQUET_PART, PARQUET_SHARDS, LayerWriter, atomic_write, remove_temporaries
+from .writers import PARQUET_PART, PARQUET_SHARDS, LayerWriter, atomic_write, cast, remove_temporaries
 
 try:
     import pyarrow as pa
@@ -38,15 +39,33 @@ def part_name(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
 
 
+def vector_table(ids: dict[str, Sequence[str]], matrix: np.ndarray, metadata: dict[bytes, bytes]) -> pa.Table:
+    """String columns `ids` (name -> values) and `vector`, a fixed-size list of the matrix's float type holding each
+    (n, width) row; `metadata` goes to the schema."""
+    width = int(matrix.shape[1])
+    fields = [pa.field(name, pa.string(), nullable=False) for name in ids]
+    fields.append(pa.field("vector", pa.list_(pa.from_numpy_dtype(matrix.dtype), width), nullable=False))
+    columns = [pa.array(values, pa.string()) for values in ids.values()]
+    columns.append(pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(matrix).reshape(-1)), width))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
+
+
+def write_part(path: Path, table: pa.Table) -> None:
+    """One part file, zstd, the id columns dictionary-encoded."""
+    atomic_write(path, lambda handle: pq.write_table(table, handle, compression=COMPRESSION,
+                                                     use_dictionary=table.column_names[:-1]))
+
+
 class ParquetWriter(LayerWriter):
     """`<folder>/shards/part-NNNNN.parquet`, one per shard, rows in input order; `finish` leaves the shards be."""
 
     layout = ("shards/part-NNNNN.parquet per shard of records, in input order: id (interactions: user, item) and "
-              "vector (fixed-size list of float32, the feature flattened; its shape in the metadata ducho.shape)")
+              "vector (fixed-size list of float32 or float16, the feature flattened; its shape in the metadata "
+              "ducho.shape)")
 
     def __init__(self, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
-                 interactions: bool) -> None:
-        super().__init__(folder, fingerprint, input_sha256, overwrite, interactions)
+                 interactions: bool, dtype: str = "float32") -> None:
+        super().__init__(folder, fingerprint, input_sha256, overwrite, interactions, dtype)
         self.shards = folder / PARQUET_SHARDS
         self.shards.mkdir(exist_ok=True)
         remove_temporaries(self.shards)
@@ -73,17 +92,11 @@ class ParquetWriter(LayerWriter):
         width = int(np.prod(shape))
         if width == 0:
             raise DuchoError(f"{self.folder}: format parquet cannot store empty features (shape {shape})")
-        matrix = np.stack(arrays).astype(np.float32, copy=False).reshape(len(arrays), width)
-        ids = [[key.user for key in keys], [key.item for key in keys]] if self.interactions else \
-            [[key.item for key in keys]]
-        fields = [pa.field(name, pa.string(), nullable=False) for name in self.id_columns]
-        fields.append(pa.field("vector", pa.list_(pa.float32(), width), nullable=False))
+        matrix = cast(np.stack(arrays), self.dtype, self.folder).reshape(len(arrays), width)
+        ids = {"user": [key.user for key in keys], "item": [key.item for key in keys]} if self.interactions \
+            else {"id": [key.item for key in keys]}
         metadata = {SHAPE: json.dumps(list(shape)).encode(), LAYER: self.folder.name.encode(), **self.stamp}
-        columns = [pa.array(values, pa.string()) for values in ids]
-        columns.append(pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), width))
-        table = pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
-        atomic_write(self.shards / part_name(chunk), lambda handle: pq.write_table(
-            table, handle, compression=COMPRESSION, use_dictionary=self.id_columns))
+        write_part(self.shards / part_name(chunk), vector_table(ids, matrix, metadata))
         self.written += len(keys)
 
     def finish(self) -> int:

@@ -25,6 +25,7 @@ class Job:
     input_path: Path
     output_dir: Path
     format: str
+    dtype: str = "float32"  # the written vectors' precision: float32 or float16
     mapping_path: Path | None = None
     text_path: Path | None = None  # visual_textual: the TSV beside the image folder
     text_output_dir: Path | None = None  # visual_textual: where the text tower's layers go
@@ -91,9 +92,13 @@ def build_plan(config: Config) -> list[Job]:
                 model = Path(backend) / model_folder(spec.model_name)
                 paths = _joint_paths(base, settings, model) if modality == "visual_textual" else \
                     {"input_path": base / settings.input_path, "output_dir": base / settings.output_path / model}
+                fmt, dtype = settings.format or config.format, settings.dtype or config.dtype
+                if fmt == "sparse" and dtype == "float16":
+                    raise ConfigError(f"{modality}.{source}: format sparse stores float32 (scipy.sparse has no "
+                                      "float16); use dtype float32, or format npy, matrix or parquet")
                 jobs.append(Job(
                     modality=modality, source=source, index=index, spec=spec, backend=backend, settings=settings,
-                    format=settings.format or config.format,
+                    format=fmt, dtype=dtype,
                     mapping_path=base / settings.mapping_path if getattr(settings, "mapping_path", None) else None,
                     **paths,
                 ))

@@ -86,6 +86,10 @@ def run(config: Config | str | Path | dict, overrides: list[str] | tuple[str, ..
                     sources[job.source_key] = (source, source.scan())
                 source, scan = sources[job.source_key]
                 results.append(execute(job, source, scan, device, config, progress))
+        if config.report:  # one HTML page on every layer under dataset_path (`ducho report`)
+            from .report import write_report
+
+            log.info("report: %s", write_report(config.dataset_path, Path(config.dataset_path) / "report.html"))
         return RunResult(results, log_file)
 
 
@@ -99,7 +103,8 @@ class JobOutputs:
         self.input_sha = source.fingerprint(scan)
         remove_temporaries(job.output_dir)  # a killed run's failures.tsv (each layer writer cleans its own folder)
         self.writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
-                                                  self.input_sha, config.overwrite, job.source == "interactions")
+                                                  self.input_sha, config.overwrite, job.source == "interactions",
+                                                  job.dtype)
                         for layer in extractor.layers}
         self.result = JobResult(job.key, job.spec.model_name, job.output_dir, {},
                                 load_seconds=time.perf_counter() - started)
@@ -277,9 +282,11 @@ def _report(result: JobResult, skip: Skip, config: Config) -> None:
 def _fingerprint(job: Job, layer: Layer) -> str:
     """What makes the numbers: model, layer, pooling, preprocessing and the source columns (not batch size)."""
     spec = job.spec.model_dump(exclude={"batch_size", "output_layers"})
-    source = job.settings.model_dump(exclude={"model", "output_path", "format", "input_path"})
+    source = job.settings.model_dump(exclude={"model", "output_path", "format", "dtype", "input_path"})
     payload = {"modality": job.modality, "source": job.source, "backend": job.backend, "layer": layer.name,
                "pooling": layer.pooling, "format": job.format, "spec": spec, "columns": source}
+    if job.dtype != "float32":  # float32 outputs keep the fingerprint they had before the dtype key
+        payload["dtype"] = job.dtype
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -301,7 +308,7 @@ def _manifest(job: Job, layer: Layer, writer: LayerWriter, extractor: Extractor,
         "preprocessing": _preprocessing(job, extractor),
         "source_settings": job.settings.model_dump(exclude={"model"}),
         "model_settings": job.spec.model_dump(),
-        "dtype": "float32",
+        "dtype": job.dtype,
         "shape": writer.shape_label(),
         "count": count,
         "failures": failures,

@@ -88,22 +88,33 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 FLOAT32 = np.dtype("<f4")
+FLOAT16 = np.dtype("<f2")
+DTYPES = {"float32": FLOAT32, "float16": FLOAT16}  # the `dtype` setting -> what is written
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """The bytes `np.save` writes for a float32 array, with its header made once per shape: np.save builds it for
-    every file (22 us of the 24 us it takes for a 384-float vector in memory; creating the file costs 41 us on a
-    fast disk)."""
-    array = np.ascontiguousarray(array, dtype=FLOAT32)
-    header = _npy_header(array.shape)
+def cast(array: np.ndarray, dtype: np.dtype, where: object) -> np.ndarray:
+    """`array` as `dtype`; a value beyond float16's range (+-65504) is an error rather than a stored inf."""
+    with np.errstate(over="ignore"):  # reported below, as an error
+        out = np.asarray(array).astype(dtype, copy=False)
+    if out.dtype == FLOAT16 and not np.isfinite(out).all():
+        raise DuchoError(f"{where}: values beyond float16's range (+-65504) would be written as inf or nan; use "
+                         "dtype float32")
+    return out
+
+
+def save_npy(path: Path, array: np.ndarray, dtype: np.dtype = FLOAT32) -> None:
+    """The bytes `np.save` writes for a float32 (or float16) array, with its header made once per shape: np.save
+    builds it for every file (22 us of the 24 us it takes for a 384-float vector in memory; creating the file costs
+    41 us on a fast disk)."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    header = _npy_header(array.shape, array.dtype.str)
     atomic_write(path, lambda handle: (handle.write(header), handle.write(array.data)))
 
 
 @functools.lru_cache(maxsize=256)
-def _npy_header(shape: tuple[int, ...]) -> bytes:
+def _npy_header(shape: tuple[int, ...], descr: str) -> bytes:
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(FLOAT32),
-                                                  "fortran_order": False, "shape": shape})
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
     return buffer.getvalue()
 
 
@@ -129,9 +140,10 @@ class LayerWriter:
     """Outputs of one layer of one model, in `folder`."""
 
     def __init__(self, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
-                 interactions: bool) -> None:
+                 interactions: bool, dtype: str = "float32") -> None:
         self.folder = folder
         self.interactions = interactions
+        self.dtype = DTYPES[dtype]
         self.shape: tuple[int, ...] | None = None
         self.ragged = False
         self.written = 0
@@ -202,7 +214,7 @@ class LayerWriter:
 
 
 class NpyWriter(LayerWriter):
-    """`<folder>/<id>.npy` (interactions `<user>__<item>.npy`), one float32 array per record."""
+    """`<folder>/<id>.npy` (interactions `<user>__<item>.npy`), one float32 (or float16) array per record."""
 
     layout = "one .npy per record: <item>.npy, interactions <user>__<item>.npy"
 
@@ -220,7 +232,7 @@ class NpyWriter(LayerWriter):
             return
         for key, array in zip(keys, arrays):
             self.check_shape(array)
-            save_npy(self.folder / f"{key.stem}.npy", array)
+            save_npy(self.folder / f"{key.stem}.npy", cast(array, self.dtype, self.folder / key.stem), self.dtype)
             self.written += 1
 
     def end_chunk(self, chunk: int, size: int) -> None:
@@ -256,7 +268,7 @@ class MatrixWriter(LayerWriter):
         if not keys:
             return
         write_text(self.parts / f"{chunk:06d}.ids.tsv", "".join(self._id_line(key) for key in keys))
-        save_npy(self.parts / f"{chunk:06d}.npy", np.stack(arrays).astype(np.float32))
+        save_npy(self.parts / f"{chunk:06d}.npy", cast(np.stack(arrays), self.dtype, self.folder), self.dtype)
         self.written += len(keys)
 
     def _id_line(self, key: RecordKey) -> str:
@@ -279,7 +291,7 @@ class MatrixWriter(LayerWriter):
         self.shape = tuple(arrays[0].shape[1:])
         tmp = temporary(self.folder / "features.npy")
         try:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, *self.shape))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(total, *self.shape))
             start = 0
             for array in arrays:
                 out[start:start + array.shape[0]] = array
@@ -301,6 +313,11 @@ class SparseMatrixWriter(MatrixWriter):
 
     layout = "features.npz (scipy.sparse CSR, N x D) with ids.tsv in the same row order"
     features = "features.npz"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.dtype != FLOAT32:
+            raise DuchoError(f"{self.folder}: format sparse stores float32 (scipy.sparse has no float16)")
 
     def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
         return self.complete or (self.parts / f"{chunk:06d}.npz").is_file()
@@ -339,13 +356,13 @@ class SparseMatrixWriter(MatrixWriter):
 
 
 def open_writer(fmt: str, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
-                interactions: bool) -> LayerWriter:
+                interactions: bool, dtype: str = "float32") -> LayerWriter:
     cls: type[LayerWriter] = {"matrix": MatrixWriter, "sparse": SparseMatrixWriter}.get(fmt, NpyWriter)
     if fmt == "parquet":
         from .parquet_writer import ParquetWriter  # pyarrow is imported for this format only
 
         cls = ParquetWriter
-    return cls(folder, fingerprint, input_sha256, overwrite, interactions)
+    return cls(folder, fingerprint, input_sha256, overwrite, interactions, dtype)
 
 
 def write_failures(path: Path, rows: Sequence[tuple[str, str, str]]) -> None:

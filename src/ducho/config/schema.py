@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 Pooling = Literal["mean", "avg", "cls", "max", "none"]
 OutputFormat = Literal["npy", "matrix", "sparse", "parquet"]
+OutputDtype = Literal["float32", "float16"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 EmptyTextPolicy = Literal["skip", "encode"]
 DuplicatePolicy = Literal["first", "last", "skip_all"]
@@ -104,6 +105,7 @@ class TextualSource(Settings):
     empty_text: EmptyTextPolicy = "skip"
     duplicate_ids: DuplicatePolicy = "first"
     format: OutputFormat | None = Field(None, description="Overrides the top-level format for this source.")
+    dtype: OutputDtype | None = Field(None, description="Overrides the top-level dtype for this source.")
 
 
 class TextualModality(Settings):
@@ -123,6 +125,7 @@ class MediaSource(Settings):
     item_column: str | None = Field(None, description="Mapping: item id column; the third by default.")
     duplicate_ids: DuplicatePolicy = "first"
     format: OutputFormat | None = Field(None, description="Overrides the top-level format for this source.")
+    dtype: OutputDtype | None = Field(None, description="Overrides the top-level dtype for this source.")
 
 
 class VisualSource(MediaSource):
@@ -181,6 +184,7 @@ class JointSource(Settings):
     mapping_path: str | None = Field(None, description="Interactions: TSV mapping image files to user and item "
                                                        "(columns: file, user, item).")
     format: OutputFormat | None = None
+    dtype: OutputDtype | None = None
 
 
 class JointModality(Settings):
@@ -211,8 +215,11 @@ class Config(Settings):
     device: str = "auto"
     device_fallback_to_cpu: bool = Field(False, description="Run on the CPU (with a warning) when the GPU is missing.")
     format: OutputFormat = "npy"
+    dtype: OutputDtype = Field("float32", description="Precision of the written vectors; float16 halves the size "
+                                                      "(not with format sparse).")
     strict: bool = Field(False, description="Stop at the first skipped record instead of reporting it.")
     overwrite: bool = False
+    report: bool = Field(False, description="Write report.html (`ducho report`) in dataset_path after the run.")
     log_dir: str = Field("logs", description="Run logs and resolved configs, relative to dataset_path.")
     workers: int | None = Field(None, ge=0, description="Processes that decode and preprocess files while the "
                                                         "model runs; 0 decodes in a thread; auto when unset.")

@@ -1,5 +1,6 @@
 """`ducho demo`: the paper's three demos on bundled data with offline models; for every extracted vector layer,
-each record's nearest neighbour is printed so the features can be judged by eye."""
+each record's nearest neighbour is printed so the features can be judged by eye, and `report.html` (`ducho report`,
+coloured by the bundled item categories) shows them all."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..report import write_report
 from ..runner import JobResult, run
 
 HERE = Path(__file__).parent
+LABELS = "data/labels.tsv"  # the category of every demo item (report colours and k-NN accuracy)
 # demo number -> (config, the TSV describing its items, what it shows)
 DEMOS = {
     1: ("demo1.yml", "data/visual/items.tsv", "fashion: visual + textual item features (photos)"),
@@ -32,6 +35,7 @@ def main(output: str | Path = "demo-output", only: list[int] | None = None) -> i
         for job in result.jobs:
             print_job(job, texts)
         print(f"log: {result.log_file}")
+    print(f"\nreport: {write_report(root, root / 'report.html', labels=root / LABELS)}")
     return 0
 
 
