@@ -29,7 +29,7 @@ def write_config(tmp_path: Path, model_name: str) -> Path:
 
 def test_help_imports_no_deep_learning_library() -> None:
     code = ("import sys\nfrom ducho.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'tensorflow', 'transformers', 'sentence_transformers') "
+            "print(sorted(m for m in ('torch', 'tensorflow', 'transformers', 'sentence_transformers', 'ray') "
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert "usage: ducho" in done.stdout

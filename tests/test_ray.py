@@ -231,3 +231,20 @@ def test_an_unreachable_address_fails_before_any_work_naming_it(tmp_path: Path, 
     with pytest.raises(ConfigError, match=r"ray.address '127.0.0.1:9': nothing answers"):
         run(config(tmp_path, "out", tiny_bert, **on_ray("127.0.0.1:9")), progress=False)
     assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()
+
+
+def test_actor_sizing_defaults() -> None:
+    """One actor per GPU with GPUs; without, one per node holding its CPUs less the decoding tasks' (at least half)."""
+    from ducho.config.schema import RaySettings
+    from ducho.ray_executor import plan_sizing
+
+    gpus = plan_sizing(RaySettings(), [{"CPU": 16, "GPU": 4}, {"CPU": 16, "GPU": 4}], decodes=True)
+    assert (gpus.actors, gpus.gpus_per_actor, gpus.cpus_per_actor) == (8, 1, 1)
+    cpus = plan_sizing(RaySettings(), [{"CPU": 8}, {"CPU": 8}], decodes=True)
+    assert (cpus.actors, cpus.gpus_per_actor, cpus.cpus_per_actor, cpus.decode_cpus) == (2, 0, 7, 1)
+    texts_only = plan_sizing(RaySettings(), [{"CPU": 2}], decodes=False)
+    assert (texts_only.actors, texts_only.cpus_per_actor, texts_only.actors_per_node) == (1, 2, 1)
+    small = plan_sizing(RaySettings(), [{"CPU": 1}, {"CPU": 1}], decodes=True)
+    assert (small.actors, small.cpus_per_actor, small.decode_cpus) == (2, 0.5, 0.5)
+    asked = plan_sizing(RaySettings(actors=4, cpus_per_actor=2), [{"CPU": 8}, {"CPU": 8}], decodes=True)
+    assert (asked.actors, asked.cpus_per_actor, asked.actors_per_node) == (4, 2, 2)
