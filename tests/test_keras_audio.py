@@ -74,7 +74,6 @@ def musicnn_reference(path: Path, fetch: list[str]) -> list[np.ndarray]:
             return session.run(fetch, {"model/Placeholder:0": batch, "model/Placeholder_2:0": False})
 
 
-@pytest.mark.kernels
 def test_taggram_and_penultimate_equal_musicnn_computed_directly(per_patch: KerasAudio) -> None:
     import tensorflow as tf
 
