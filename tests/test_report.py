@@ -16,8 +16,8 @@ import pytest
 
 from conftest import write_tsv
 from ducho.ids import safe_stem
+from ducho.layer_files import find_layers, open_records
 from ducho.report import write_report
-from ducho.report_read import find_layers, open_vectors
 from ducho.report_stats import analyse, knn_accuracy, neighbour_lists, neighbour_overlap, unit_rows
 
 FORMATS = ["npy", "matrix", "sparse", "parquet"]
@@ -85,7 +85,7 @@ class ArrayLayer:
     def __init__(self, tmp_path: Path, matrix: np.ndarray, fmt: str = "matrix") -> None:
         self.ids = [f"r{i:05d}" for i in range(len(matrix))]
         folder = write_layer(tmp_path / fmt / "emb", fmt, self.ids, matrix)
-        self.vectors = open_vectors(find_layers([folder.parent])[0])
+        self.vectors = open_records(find_layers([folder.parent])[0])
 
 
 @pytest.mark.parametrize("n, sample", [(300, 2000), (3000, 200)])
@@ -179,7 +179,7 @@ def test_every_format_reads_the_same_records_in_chunks_and_by_position(tmp_path:
     order = sorted(range(37), key=lambda i: safe_stem(items[i]) if users is None else
                    f"{safe_stem(users[i])}__{safe_stem(items[i])}") if fmt == "npy" else list(range(37))
     write_layer(tmp_path / "out" / "layer", fmt, items, matrix, users)
-    vectors = open_vectors(find_layers([tmp_path])[0])
+    vectors = open_records(find_layers([tmp_path])[0])
     assert vectors.items == [items[i] for i in order]
     expected_ids = [items[i] if users is None else f"{users[i]}__{items[i]}" for i in order]
     assert vectors.ids == expected_ids
@@ -197,7 +197,7 @@ def test_multi_dimensional_records_become_vectors(tmp_path: Path) -> None:
     for i, array in enumerate(tokens):
         np.save(folder / f"t{i}.npy", array)
     (folder / "manifest.json").write_text(json.dumps({"format": "npy", "shape": ["steps", 4]}))
-    vectors = open_vectors(find_layers([tmp_path])[0])
+    vectors = open_records(find_layers([tmp_path])[0])
     np.testing.assert_allclose(np.concatenate([b for _, b in vectors.chunks(2)]),
                                np.stack([t.mean(axis=0) for t in tokens]), rtol=1e-6)
     assert "mean-pooled over their steps" in vectors.note

@@ -41,7 +41,7 @@ import numpy as np
 from . import __version__
 from .errors import DuchoError
 from .ids import RecordKey
-from .layer_files import LayerFiles, read_layer
+from .layer_files import Layer, Records, find_layers, open_records
 from .writers import DTYPES, MANIFEST, cast, read_manifest, save_npy, write_manifest, write_text
 
 log = logging.getLogger("ducho")
@@ -99,8 +99,8 @@ def export(folder: str | Path, to: str, *, mapping: str | Path | None = None, na
         raise DuchoError("--pca K (K >= 1) is for elliot")
     if name is not None and (to != "mmrec" or Path(name).name != name or not name.endswith(".npy")):
         raise DuchoError(f"--name {name!r} is for mmrec: a file name ending in .npy (e.g. image_feat.npy)")
-    root = Path(folder).expanduser()
-    layers = [read_layer(path) for path in layer_folders(root)]
+    root = Path(folder).expanduser().resolve()
+    layers = [_open(layer) for layer in run_layers(root)]
     for layer in layers:
         _check(layer, to, name, pca)
     table = read_mapping(Path(mapping).expanduser()) if mapping is not None else None
@@ -113,22 +113,21 @@ def export(folder: str | Path, to: str, *, mapping: str | Path | None = None, na
     return results
 
 
-def layer_folders(root: Path) -> list[Path]:
-    """`root` when it holds a run manifest, otherwise every folder under it that does (export folders excluded)."""
-    if not root.is_dir():
-        raise DuchoError(f"{root} is not a folder")
-    if _is_run_layer(root):
-        return [root]
-    found = sorted(path.parent for path in root.rglob(MANIFEST) if _is_run_layer(path.parent))
+def run_layers(root: Path) -> list[Layer]:
+    """`root` when it is a layer folder of a run, otherwise every one under it (export folders passed over)."""
+    inside_export = any("export" in (read_manifest(parent) or {}) for parent in root.parents)
+    found = [] if inside_export else [layer for layer in find_layers([root])
+                                      if "format" in layer.manifest and "export" not in layer.manifest]
     if not found:
         raise DuchoError(f"{root}: no layer folder of a run (a folder with a run's {MANIFEST}) at or under it")
     return found
 
 
-def _is_run_layer(folder: Path) -> bool:
-    manifest = read_manifest(folder)
-    return manifest is not None and "format" in manifest and "export" not in manifest and \
-        not any("export" in (read_manifest(parent) or {}) for parent in folder.parents)
+def _open(layer: Layer) -> Records:
+    if layer.manifest.get("status") != "complete":
+        raise DuchoError(f"{layer.folder}: the run has not finished (manifest status "
+                         f"{layer.manifest.get('status')!r}); run it to the end first")
+    return open_records(layer)
 
 
 def read_mapping(path: Path) -> Mapping:
@@ -155,7 +154,7 @@ def read_mapping(path: Path) -> Mapping:
     return Mapping(path, hashlib.sha256(data).hexdigest(), (rows[0][0], rows[0][1]), ids)
 
 
-def _check(layer: LayerFiles, to: str, name: str | None, pca: int | None) -> None:
+def _check(layer: Records, to: str, name: str | None, pca: int | None) -> None:
     """Refuse, before anything is written, a layer the target cannot take."""
     where = f"{layer.folder} ({layer.manifest.get('source')}, shape {layer.shape})"
     if layer.interactions and to != "parquet":
@@ -178,7 +177,7 @@ def _output(root: Path, layer: Path, to: str, output: str | Path | None, count: 
     return base if count == 1 else base / layer.relative_to(root)
 
 
-def _export_one(layer: LayerFiles, to: str, place: Path, table: Mapping | None, name: str | None, dtype: str,
+def _export_one(layer: Records, to: str, place: Path, table: Mapping | None, name: str | None, dtype: str,
                 pca: int | None) -> Export:
     _clear(place)
     entries = _entries(to, layer, name, pca)
@@ -205,7 +204,7 @@ def _export_one(layer: LayerFiles, to: str, place: Path, table: Mapping | None, 
     return result
 
 
-def _entries(to: str, layer: LayerFiles, name: str | None, pca: int | None) -> list[str]:
+def _entries(to: str, layer: Records, name: str | None, pca: int | None) -> list[str]:
     """What an export writes in its folder besides the manifest (what the next export there removes)."""
     if to == "elliot":
         return ["features", "item_mapping.tsv", *([f"pca{pca}"] if pca is not None else [])]
@@ -215,7 +214,7 @@ def _entries(to: str, layer: LayerFiles, name: str | None, pca: int | None) -> l
     return ["features.npy", "ids.txt"] if to == "cornac" else ["shards"]
 
 
-def _mmrec_name(layer: LayerFiles) -> str:
+def _mmrec_name(layer: Records) -> str:
     return MMREC_NAMES.get(layer.manifest.get("modality", ""), "")
 
 
@@ -239,7 +238,7 @@ def _clear(place: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _matched(layer: LayerFiles, table: Mapping) -> tuple[list[tuple[int, int]], dict[str, list[str]]]:
+def _matched(layer: Records, table: Mapping) -> tuple[list[tuple[int, int]], dict[str, list[str]]]:
     """(int id, row) of each mapping id that has a feature, and the ids unmatched on either side."""
     pairs, without_feature = [], []
     for raw, number in table.ids.items():
@@ -249,11 +248,11 @@ def _matched(layer: LayerFiles, table: Mapping) -> tuple[list[tuple[int, int]], 
         else:
             pairs.append((number, row))
     used = {row for _, row in pairs}
-    return pairs, {"features_without_mapping": [layer.label(r) for r in range(len(layer.stems)) if r not in used],
+    return pairs, {"features_without_mapping": [layer.label(r) for r in range(len(layer)) if r not in used],
                    "mapping_without_features": without_feature}
 
 
-def _elliot(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dtype, *, pca: int | None,
+def _elliot(layer: Records, place: Path, table: Mapping | None, dtype: np.dtype, *, pca: int | None,
             **_: Any) -> dict[str, Any]:
     if table is not None:
         pairs, unmatched = _matched(layer, table)
@@ -263,7 +262,7 @@ def _elliot(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dty
         _write_tsv(place / "item_mapping.tsv", ["id", "itemID"], [[k.item, str(n)] for n, k in enumerate(keys)])
     features = place / "features"
     for number, row in pairs:
-        save_npy(features / f"{number}.npy", cast(layer.load_one(row), dtype, layer.folder), dtype)
+        save_npy(features / f"{number}.npy", cast(layer.record(row), dtype, layer.folder), dtype)
     written: dict[str, Any] = {
         "layout": "features/<int id>.npy, one per item" + ("" if table else "; item_mapping.tsv: raw id -> int id"),
         "count": len(pairs),
@@ -274,12 +273,12 @@ def _elliot(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dty
     return written
 
 
-def _pca(layer: LayerFiles, pairs: Sequence[tuple[int, int]], k: int, folder: Path, dtype: np.dtype) -> dict[str, Any]:
+def _pca(layer: Records, pairs: Sequence[tuple[int, int]], k: int, folder: Path, dtype: np.dtype) -> dict[str, Any]:
     """Principal components of the exported items (covariance eigenvectors, float64; each component's sign set so
     that its largest entry is positive), and each item projected on the first `k`."""
     if not pairs:
         raise DuchoError(f"{layer.folder}: no item to fit --pca on")
-    x = np.stack([np.asarray(layer.load_one(row), np.float64) for _, row in pairs])
+    x = np.stack([np.asarray(layer.record(row), np.float64) for _, row in pairs])
     if k > min(x.shape):
         raise DuchoError(f"{layer.folder}: --pca {k} needs at least {k} items and {k} dimensions; has {x.shape}")
     mean = x.mean(axis=0)
@@ -296,7 +295,7 @@ def _pca(layer: LayerFiles, pairs: Sequence[tuple[int, int]], k: int, folder: Pa
             "explained_variance_ratio": float(variances[order].sum() / total) if total else 0.0}
 
 
-def _mmrec(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dtype, *, name: str | None,
+def _mmrec(layer: Records, place: Path, table: Mapping | None, dtype: np.dtype, *, name: str | None,
            **_: Any) -> dict[str, Any]:
     assert table is not None and name is not None
     pairs, unmatched = _matched(layer, table)
@@ -318,7 +317,7 @@ def _mmrec(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dtyp
             "filled_with_mean": len(filled), **unmatched}
 
 
-def _cornac(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dtype, **_: Any) -> dict[str, Any]:
+def _cornac(layer: Records, place: Path, table: Mapping | None, dtype: np.dtype, **_: Any) -> dict[str, Any]:
     keys = layer.require_keys()
     if any("\n" in key.item or "\r" in key.item for key in keys):
         raise DuchoError(f"{layer.folder}: an id holds a line break; ids.txt keeps one id per line")
@@ -328,7 +327,7 @@ def _cornac(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dty
             "count": len(keys), "shape": layer.shape}
 
 
-def _parquet(layer: LayerFiles, place: Path, table: Mapping | None, dtype: np.dtype, **_: Any) -> dict[str, Any]:
+def _parquet(layer: Records, place: Path, table: Mapping | None, dtype: np.dtype, **_: Any) -> dict[str, Any]:
     from . import parquet_writer as pw
     from .shards import SHARD
     from .writers import PARQUET_SHARDS

@@ -19,9 +19,9 @@ import numpy as np
 
 from . import __version__
 from .errors import DuchoError
+from .layer_files import Layer, find_layers, open_records, read_failures
 from .report_html import LayerView, Record, render
 from .report_media import Media, label_of, read_labels
-from .report_read import Layer, find_layers, open_vectors, read_failures
 from .report_stats import LayerStats, analyse, knn_accuracy, neighbour_lists, neighbour_overlap
 from .writers import write_text
 
@@ -79,9 +79,9 @@ def _layer_view(layer: Layer, media: Media, labels: dict[str, str],
                 sample: int) -> tuple[LayerView, tuple[list[str], np.ndarray]]:
     started = time.perf_counter()
     try:
-        vectors = open_vectors(layer)
+        vectors = open_records(layer)
         stats = analyse(vectors, sample)
-    except (OSError, ValueError, KeyError, ImportError) as error:  # a damaged or foreign layer: say so, go on
+    except (OSError, ValueError, KeyError, ImportError, DuchoError) as error:  # a damaged or foreign layer: go on
         log.warning("report: cannot read %s: %s", layer.folder, error)
         stats = LayerStats(notes=[f"cannot read this layer: {type(error).__name__}: {error}"])
         return LayerView(layer, stats, "", [], read_failures(layer.model_folder), [], [], [], []), ([], np.empty(0))

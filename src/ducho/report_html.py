@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .report_read import Layer
+from .layer_files import Layer
 from .report_stats import Groups, LayerStats
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",

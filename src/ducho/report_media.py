@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .ids import PAIR_SEPARATOR
-from .report_read import Layer
+from .layer_files import Layer
 
 log = logging.getLogger("ducho")
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .report_read import Vectors
+from .layer_files import Records
 
 log = logging.getLogger("ducho")
 
@@ -76,7 +76,7 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-30)
 
 
-def analyse(vectors: Vectors, sample: int = 2000, near: float = NEAR) -> LayerStats:
+def analyse(vectors: Records, sample: int = 2000, near: float = NEAR) -> LayerStats:
     """Stream the layer once for the statistics and the sample; again (only when not every record is sampled) for
     the near-duplicate candidates and the neighbours of a few records among all records."""
     stats = LayerStats(count=len(vectors))
@@ -223,7 +223,7 @@ def _near_in_sample(stats: LayerStats, hashes: np.ndarray, near: float, scope: s
     return _groups(_components(reps[pairs] if len(pairs) else pairs, members), scope)
 
 
-def _second_pass(vectors: Vectors, stats: LayerStats, hashes: np.ndarray, valid: np.ndarray, near: float,
+def _second_pass(vectors: Records, stats: LayerStats, hashes: np.ndarray, valid: np.ndarray, near: float,
                  basis: np.ndarray) -> None:
     """Stream again: near-duplicate signatures of every record, and the neighbours of a few sampled records among
     all records."""
@@ -260,7 +260,7 @@ def _second_pass(vectors: Vectors, stats: LayerStats, hashes: np.ndarray, valid:
     stats.near = _near_everywhere(vectors, stats, hashes, valid, projected, codes, near)
 
 
-def _near_everywhere(vectors: Vectors, stats: LayerStats, hashes: np.ndarray, valid: np.ndarray,
+def _near_everywhere(vectors: Records, stats: LayerStats, hashes: np.ndarray, valid: np.ndarray,
                      projected: np.ndarray, codes: np.ndarray, near: float) -> Groups:
     """Candidates: pairs that share a signature in one of the hash tables (random hyperplanes; a pair at exactly
     the threshold is missed with a probability under 1%, closer pairs practically never) and lie within the
