@@ -87,7 +87,7 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def on_ray(address: str) -> dict:
-    return {"executor": "ray", "ray": {"address": address}}
+    return {"executor": "ray", "ray": {"address": address, "wait_for_actors": True}}
 
 
 def test_a_cluster_started_by_the_run_and_strict_mode(tmp_path: Path, tiny_bert: Path) -> None:

@@ -206,6 +206,9 @@ class RaySettings(Settings):
     decode_cpus: float = Field(1, gt=0, description="CPUs per decoding task (images, audio).")
     num_cpus: PositiveInt | None = Field(None, description="address local: the CPUs of the cluster it starts "
                                                            "(default: all of this machine's).")
+    wait_for_actors: bool = Field(False, description="Hand out work only once every model actor is up (all share "
+                                                     "from the first batch); default: decoding starts at once and "
+                                                     "the first actors up take the first batches.")
 
 
 class Config(Settings):
