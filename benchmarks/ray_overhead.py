@@ -2,7 +2,7 @@
 JPEGs through ResNet-50 (random weights) and 5,000 texts through MiniLM (the packaged copy). Prints records/s of both
 and the ratio ray/local (goal: >= 0.85 on a 2-core machine), with the cluster start-up reported apart (its time is
 taken out of the Ray run's; the model actors' start is not: it is part of every Ray job). Also peak memory (RSS of
-the process tree) of a 5,000- and a 50,000-text Parquet run on both executors with `--memory`.
+the process tree) of a 5,000- and a 50,000-text Parquet run on both executors with `--memory` (instead).
 
     .venv/bin/python benchmarks/ray_overhead.py [--images 256] [--texts 5000] [--rounds 1] [--memory]
 """
@@ -92,7 +92,7 @@ def memory(root: Path) -> None:
     import yaml
 
     for count in (5000, 50000):
-        write_items(root / f"texts{count}.tsv", make_texts(count, seed=1))
+        write_items(root / f"texts{count}.tsv", make_texts(count, seed=1, max_words=12))  # short: minutes, not hours
         for executor in ("local", "ray"):
             config = {"dataset_path": str(root), "device": "cpu", "format": "parquet", "executor": executor,
                       "ray": {"address": "local", "num_cpus": 2}, "textual": {"items": {
@@ -110,11 +110,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--texts", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--memory", action="store_true", help="also peak memory of 5,000 vs 50,000 texts")
+    parser.add_argument("--memory", action="store_true", help="only peak memory of 5,000 vs 50,000 texts")
     parser.add_argument("--only", choices=["images", "texts"], help="one of the two jobs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.memory:
+            memory(root)
+            return
         make_jpegs(root / "images", args.images)
         write_items(root / "texts.tsv", make_texts(args.texts))
         for name, config in configs(root).items():
@@ -130,8 +133,6 @@ def main() -> None:
                       f"(cluster start-up {startup:.1f} s apart); ratio ray/local {local / ray:.3f} "
                       f"(round {round_ + 1})", flush=True)
             print(f"{name}: median ratio ray/local over {len(ratios)} round(s): {statistics.median(ratios):.3f}")
-        if args.memory:
-            memory(root)
 
 
 if __name__ == "__main__":
