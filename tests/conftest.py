@@ -77,6 +77,22 @@ def tiny_vit(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_w2v2(models_dir: Path) -> Path:
+    """A 2-layer wav2vec2 (16 kHz) with its feature extractor, saved with save_pretrained."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    folder = models_dir / "tiny-w2v2"
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                            conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=4, feat_extract_norm="group", do_stable_layer_norm=False)
+    Wav2Vec2Model(config).eval().save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(models_dir: Path) -> Path:
     """A 2-layer BERT with a pooler and a WordPiece tokenizer, saved with save_pretrained."""
     import torch

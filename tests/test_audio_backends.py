@@ -70,20 +70,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [write(folder / f"c{i}.wav", tone(s, seed=i)) for i, s in enumerate((0.7, 1.3, 0.7, 2.1, 0.45))]
 
 
-@pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    folder = tmp_path_factory.mktemp("hf") / "tiny-w2v2"
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                            conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=4, feat_extract_norm="group", do_stable_layer_norm=False)
-    Wav2Vec2Model(config).eval().save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(sampling_rate=RATE, return_attention_mask=False).save_pretrained(folder)
-    return folder
-
-
 # --- torchaudio bundles -------------------------------------------------------------------------------------------
 
 
@@ -232,13 +218,13 @@ def test_loader_is_picklable(clips: list[Path]) -> None:
 
 
 @pytest.mark.kernels
-def test_transformers_fidelity_and_batch_independence(tiny_hf: Path, clips: list[Path]) -> None:
+def test_transformers_fidelity_and_batch_independence(tiny_w2v2: Path, clips: list[Path]) -> None:
     from transformers import AutoFeatureExtractor, AutoModel
 
     layers = ["last_hidden_state", "hidden_states.1"]
-    runs = [extract(TransformersAudio(spec(model_name=str(tiny_hf), output_layers=layers, batch_size=b), "cpu"),
+    runs = [extract(TransformersAudio(spec(model_name=str(tiny_w2v2), output_layers=layers, batch_size=b), "cpu"),
                     clips) for b in (1, 3, 8)]
-    model, fe = AutoModel.from_pretrained(tiny_hf).eval(), AutoFeatureExtractor.from_pretrained(tiny_hf)
+    model, fe = AutoModel.from_pretrained(tiny_w2v2).eval(), AutoFeatureExtractor.from_pretrained(tiny_w2v2)
     for path, last, hidden in zip(clips, runs[0]["last_hidden_state"], runs[0]["hidden_states.1"]):
         inputs = fe(sf.read(path, dtype="float32")[0], sampling_rate=RATE, return_tensors="pt")
         with torch.inference_mode():
@@ -251,14 +237,14 @@ def test_transformers_fidelity_and_batch_independence(tiny_hf: Path, clips: list
                 assert_batch_close(a, b, folder)
 
 
-def test_transformers_windows_and_description(tiny_hf: Path, tmp_path: Path) -> None:
+def test_transformers_windows_and_description(tiny_w2v2: Path, tmp_path: Path) -> None:
     from transformers import AutoFeatureExtractor, AutoModel
 
     wave = tone(2.3, seed=2)
     path = write(tmp_path / "long.wav", wave)
-    extractor = TransformersAudio(spec(model_name=str(tiny_hf), window_seconds=1.0), "cpu")
+    extractor = TransformersAudio(spec(model_name=str(tiny_w2v2), window_seconds=1.0), "cpu")
     got = extract(extractor, [path])["last_hidden_state"][0]
-    model, fe = AutoModel.from_pretrained(tiny_hf).eval(), AutoFeatureExtractor.from_pretrained(tiny_hf)
+    model, fe = AutoModel.from_pretrained(tiny_w2v2).eval(), AutoFeatureExtractor.from_pretrained(tiny_w2v2)
     frames = []
     with torch.inference_mode():
         for start in range(0, len(wave), RATE):

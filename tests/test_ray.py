@@ -37,21 +37,6 @@ def cluster() -> Iterator[object]:
     made.shutdown()
 
 
-@pytest.fixture(scope="module")
-def tiny_w2v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    folder = tmp_path_factory.mktemp("ray-audio") / "tiny-w2v2"
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                            conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=4, feat_extract_norm="group", do_stable_layer_norm=False)
-    Wav2Vec2Model(config).eval().save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=False).save_pretrained(folder)
-    return folder
-
-
 def texts(root: Path, count: int) -> None:
     rng = random.Random(count)
     rows = [[f"t{n}", " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30)))] for n in range(count)]
