@@ -100,8 +100,9 @@ class RayExecutor:
         context = DataContext.get_current()
         context.enable_progress_bars = False  # the driver shows one bar of records
         context.print_on_execution_start = False
-        if self.settings.wait_for_actors:  # every model actor up before work is handed out (decoding waits too)
-            context.wait_for_min_actors_s = 600
+        # every model actor up before work is handed out (decoding waits too), or not; set either way: the context
+        # outlives this run in the process
+        context.wait_for_min_actors_s = 600 if self.settings.wait_for_actors else -1
         self.nodes = [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
         log.info("ray: %s, %d node(s), %s CPU, %s GPU, connected in %.1f s", address, len(self.nodes),
                  sum(n.get("CPU", 0) for n in self.nodes), sum(n.get("GPU", 0) for n in self.nodes),
