@@ -233,3 +233,5 @@ def test_actor_sizing_defaults() -> None:
     assert (small.actors, small.cpus_per_actor, small.decode_cpus) == (2, 0.5, 0.5)
     asked = plan_sizing(RaySettings(actors=4, cpus_per_actor=2), [{"CPU": 8}, {"CPU": 8}], decodes=True)
     assert (asked.actors, asked.cpus_per_actor, asked.actors_per_node) == (4, 2, 2)
+    # decoding tasks: what the CPUs left hold, never the actor count (Ray Data would fuse decoding into the actors)
+    assert (gpus.decode_tasks, cpus.decode_tasks, small.decode_tasks, asked.decode_tasks) == (24, 2 + 1, 3, 8)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import yaml
 import ducho
 from conftest import TEXTS, write_tsv
 from ducho.errors import DuchoError, StrictModeError
+from ducho.writers import is_temporary
 
 
 def config(tmp_path: Path, model_dir: Path, source: str = "items", fmt: str = "npy", rows: list | None = None,
@@ -107,26 +107,42 @@ def test_strict_mode_stops_at_first_skip(tmp_path: Path, tiny_bert: Path) -> Non
         ducho.run(cfg, progress=False)
 
 
+# The run kills itself with SIGKILL half-way through writing its 4200th file of 8000 (two layers), leaving a temporary
+# as a real kill mid-write does: deterministic, where killing from outside raced a fast machine to the run's end.
+KILLED_MID_WRITE = """
+import os, signal, sys
+from ducho import writers
+from ducho.cli import main
+written = 0
+save_npy = writers.save_npy
+def save_or_die(path, array, dtype=writers.FLOAT32):
+    global written
+    written += 1
+    if written == 4200:
+        writers.temporary(path).write_bytes(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_npy(path, array, dtype)
+writers.save_npy = save_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_killed_run_resumes_to_identical_files(tmp_path: Path, tiny_bert: Path) -> None:
-    texts = [f"{TEXTS[n % len(TEXTS)]} {n}" for n in range(4000)]  # two resume chunks; the second long enough to kill
+    texts = [f"{TEXTS[n % len(TEXTS)]} {n}" for n in range(4000)]  # two resume chunks; killed in the second
     rows = [[f"i{n:05d}", t] for n, t in enumerate(texts)]
     for name in ("whole", "killed"):
         cfg = config(tmp_path / name, tiny_bert, rows=rows, batch_size=8)
         (tmp_path / name / "c.yml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "ducho", "run", "--no-progress"]
+    arguments = ["run", "--no-progress"]
+    command = [sys.executable, "-m", "ducho", *arguments]
     subprocess.run([*command, str(tmp_path / "whole" / "c.yml")], check=True, env=env, capture_output=True)
 
-    layer = tmp_path / "killed" / "out" / "transformers" / tiny_bert.name / "pooler_output"
-    process = subprocess.Popen([*command, str(tmp_path / "killed" / "c.yml")], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not layer.is_dir() or len(list(layer.glob("*.npy"))) < 2100):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = len(list(layer.glob("*.npy")))
-    assert 0 < done < len(texts), "the run was not interrupted mid-way"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, *arguments, str(tmp_path / "killed" / "c.yml")],
+                            env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert len(list((tmp_path / "killed" / "out").rglob("*.npy"))) == 4199
+    assert [p.name for p in (tmp_path / "killed" / "out").rglob("*") if is_temporary(p.name)]  # the half-written file
     resumed = subprocess.run([*command, str(tmp_path / "killed" / "c.yml")], check=True, env=env,
                              capture_output=True, text=True)
     assert "resumed 2048" in resumed.stdout  # the first chunk was complete and not recomputed

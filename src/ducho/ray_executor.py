@@ -44,6 +44,7 @@ class Sizing:
     cpus_per_actor: float
     actors_per_node: int  # without GPUs an actor's torch threads share its node's cores with the others there
     decode_cpus: float
+    decode_tasks: int  # the cap on decoding tasks at once: what the CPUs hold, and never the actor count (see below)
 
 
 def plan_sizing(settings: RaySettings, nodes: list[dict[str, float]], decodes: bool) -> Sizing:
@@ -51,12 +52,14 @@ def plan_sizing(settings: RaySettings, nodes: list[dict[str, float]], decodes: b
     tasks' (at least half of them), its torch threads filling the node's cores as a local run's do (decoding runs at
     nice 19, as locally), so that it computes the same bits."""
     gpus = sum(node.get("GPU", 0) for node in nodes)
+    cpus_total = sum(node.get("CPU", 0) for node in nodes)
     node_cpus = min((node.get("CPU", 0) for node in nodes), default=1) or 1
     if gpus and settings.gpus_per_actor != 0:
         per_gpu = settings.gpus_per_actor or 1
         cpus = settings.cpus_per_actor or 1
         actors = settings.actors or max(1, int(gpus // per_gpu))
-        return Sizing(actors, per_gpu, cpus, 0, settings.decode_cpus)
+        return Sizing(actors, per_gpu, cpus, 0, settings.decode_cpus,
+                      _decode_tasks(cpus_total - cpus * actors, settings.decode_cpus, actors))
     actors = settings.actors or len(nodes)
     per_node = max(1, round(actors / max(1, len(nodes))))
     share = node_cpus / per_node
@@ -67,7 +70,16 @@ def plan_sizing(settings: RaySettings, nodes: list[dict[str, float]], decodes: b
     else:
         cpus = share
     decode_cpus = min(settings.decode_cpus, max(node_cpus - cpus * per_node, 0.25))
-    return Sizing(actors, 0.0, cpus, per_node, decode_cpus)
+    return Sizing(actors, 0.0, cpus, per_node, decode_cpus,
+                  _decode_tasks(cpus_total - cpus * actors, decode_cpus, actors))
+
+
+def _decode_tasks(free_cpus: float, decode_cpus: float, actors: int) -> int:
+    """As many decoding tasks as the CPUs the actors leave can run, but never exactly `actors`: Ray Data fuses a task
+    pool into the actor pool after it when their sizes are equal, and the files would then decode inside the actor,
+    before each forward instead of beside it (ResNet-50 on 2 CPUs: 0.69 of the local executor, fused)."""
+    tasks = max(1, int(free_cpus / decode_cpus)) if decode_cpus > 0 else actors + 1
+    return tasks + 1 if tasks == actors else tasks
 
 
 class RayExecutor:
@@ -115,7 +127,7 @@ class RayExecutor:
 
     def run_job(self, job: Job, source: Source, scan: Any, device: str, config: Config, progress: bool) -> JobResult:
         import ray
-        from ray.data import ActorPoolStrategy
+        from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
         started = time.perf_counter()
         log.info("%s: %s (%s) on %s -> %s, on Ray", job.key, job.spec.model_name, job.backend, job.input_path,
@@ -147,7 +159,8 @@ class RayExecutor:
             dataset = ray.data.from_items(work, override_num_blocks=min(len(work), 1000))
             if extractor.loader is not None:
                 dataset = dataset.map_batches(_decode_rows, batch_size=1, fn_kwargs={"loader": extractor.loader},
-                                              num_cpus=sizing.decode_cpus, ray_remote_args_fn=_own_tasks)
+                                              compute=TaskPoolStrategy(size=sizing.decode_tasks),
+                                              num_cpus=sizing.decode_cpus)
             dataset = dataset.map_batches(
                 _ModelActor, batch_size=1, compute=ActorPoolStrategy(  # two batches per actor: one prepares
                     size=sizing.actors, max_tasks_in_flight_per_actor=2, enable_true_multi_threading=True),
@@ -196,13 +209,6 @@ def _decode_rows(rows: dict[str, Any], loader: Any) -> dict[str, Any]:
         batch: Batch = pickle.loads(blob)
         out.append(pickle.dumps((batch, decode(loader, batch))))
     return {"decoded": out}
-
-
-def _own_tasks() -> dict[str, Any]:
-    """Remote args given by a function: Ray Data then never fuses the decoding into the model actors (it would, for
-    equal resources), so files decode in tasks beside the forward instead of before it, in the actor (ResNet-50 on
-    2 CPUs: 0.69 of the local executor fused)."""
-    return {}
 
 
 def _lowest_priority() -> None:
