@@ -107,6 +107,15 @@ def test_text_image_audio_equal_the_local_executor_and_run_on_both_nodes(
         nodes |= set(manifest["ray"]["extracted_per_node"])
     assert len(nodes) == 2  # work ran on both nodes
 
+    # an incremental run on Ray: the changed input's added and changed texts only, the same files as locally
+    lines = (tmp_path / "texts.tsv").read_text().splitlines()
+    lines = [lines[0], "n1\tan added text", *lines[2:20], lines[20] + " changed", *lines[21:], "n2\tanother one"]
+    (tmp_path / "texts.tsv").write_text("\n".join(lines) + "\n")
+    local = run(config(tmp_path, "local", tiny_bert), progress=False)
+    ray_run = run(config(tmp_path, "ray", tiny_bert, **on_ray(cluster.address)), progress=False)
+    assert [job.extracted for job in ray_run.jobs] == [job.extracted for job in local.jobs] == [3]
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+
 
 SHARD, TEXTS = 20, 400  # 20 shards
 SMALL_SHARDS = (f"import ducho.shards as s, sys; s.SHARD = {SHARD}; from ducho.cli import main; "

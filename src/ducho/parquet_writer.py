@@ -64,8 +64,8 @@ class ParquetWriter(LayerWriter):
               "ducho.shape)")
 
     def __init__(self, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
-                 interactions: bool, dtype: str = "float32") -> None:
-        super().__init__(folder, fingerprint, input_sha256, overwrite, interactions, dtype)
+                 interactions: bool, dtype: str = "float32", previous: Any = None) -> None:
+        super().__init__(folder, fingerprint, input_sha256, overwrite, interactions, dtype, previous)
         self.shards = folder / PARQUET_SHARDS
         self.shards.mkdir(exist_ok=True)
         remove_temporaries(self.shards)

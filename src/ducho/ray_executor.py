@@ -143,11 +143,15 @@ class RayExecutor:
                 outputs.report(skip)
             if not records:
                 continue
-            if outputs.is_done(index, records):
-                outputs.result.resumed += len(records)
+            todo = outputs.plan_shard(index, records)
+            outputs.result.resumed += len(records) - len(todo or ())
+            if todo is None:
+                continue
+            if not todo:  # every record's vector taken from the previous output (incremental)
+                outputs.end_shard(index, len(records))
                 continue
             sizes[index] = len(records)
-            for batch in batches(index, records, job.spec.batch_size, extractor.sort_key):
+            for batch in batches(index, records, job.spec.batch_size, extractor.sort_key, todo):
                 work.append({"batch": pickle.dumps(batch)})
                 left[index] += 1
         sizing = plan_sizing(self.settings, self.nodes, extractor.loader is not None)

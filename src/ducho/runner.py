@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -24,6 +25,7 @@ from .config.load import load_config, translation_notes
 from .config.schema import Config
 from .device import resolve_device
 from .errors import StrictModeError
+from .incremental import Changes, open_previous, write_records
 from .loading import DecodeStream, Decoding, plan_decoding
 from .logs import run_log
 from .plan import Job, build_plan
@@ -31,7 +33,15 @@ from .shards import Batch, Extracted, batches, extract, loaded, prepare, shard_r
 from .sources import Source, open_source
 from .sources.base import Record, Skip
 from .streams import WriteQueue, prefetch
-from .writers import LayerWriter, atomic_write, open_writer, remove_temporaries, write_failures, write_manifest
+from .writers import (
+    PREVIOUS,
+    LayerWriter,
+    atomic_write,
+    open_writer,
+    remove_temporaries,
+    write_failures,
+    write_manifest,
+)
 
 log = logging.getLogger("ducho")
 
@@ -100,12 +110,22 @@ class JobOutputs:
     def __init__(self, job: Job, extractor: Extractor, source: Source, scan: Any, config: Config, device: str,
                  started: float) -> None:
         self.job, self.extractor, self.config, self.device, self.started = job, extractor, config, device, started
+        self.source, self.scan = source, scan
         self.input_sha = source.fingerprint(scan)
         remove_temporaries(job.output_dir)  # a killed run's failures.tsv (each layer writer cleans its own folder)
-        self.writers = {layer.folder: open_writer(job.format, job.layer_dir(layer.folder), _fingerprint(job, layer),
-                                                  self.input_sha, config.overwrite, job.source == "interactions",
-                                                  job.dtype)
-                        for layer in extractor.layers}
+        fingerprints = {layer.folder: _fingerprint(job, layer) for layer in extractor.layers}
+        # an input changed since a complete run: only its added and changed records are computed (`incremental`),
+        # unless a layer has no such output to take the others from, or the extractor learns from the whole corpus
+        previous = {folder: None if config.overwrite or hasattr(extractor, "fit") else
+                    open_previous(job.layer_dir(folder), job.format, fingerprint, self.input_sha)
+                    for folder, fingerprint in fingerprints.items()}
+        self.incremental = all(p is not None for p in previous.values())
+        self.changes = Changes()
+        self.shards = 0  # shards of the input (an incremental run with on_removed: keep adds one after them)
+        self.writers = {folder: open_writer(job.format, job.layer_dir(folder), fingerprint, self.input_sha,
+                                            config.overwrite, job.source == "interactions", job.dtype,
+                                            previous[folder] if self.incremental else None)
+                        for folder, fingerprint in fingerprints.items()}
         self.result = JobResult(job.key, job.spec.model_name, job.output_dir, {},
                                 load_seconds=time.perf_counter() - started)
         self.sink = WriteQueue()
@@ -121,6 +141,34 @@ class JobOutputs:
 
     def is_done(self, shard: int, records: list[Record]) -> bool:
         return all(w.is_done(shard, [r.key for r in records]) for w in self.writers.values())
+
+    def plan_shard(self, shard: int, records: list[Record]) -> list[int] | None:
+        """Positions of the shard's records to compute, None when the shard is done. On a changed input only the
+        records added or changed are computed; the others' vectors are queued from the previous output now."""
+        self.shards = max(self.shards, shard + 1)
+        if not self.incremental:
+            return None if self.is_done(shard, records) else list(range(len(records)))
+        before = next(iter(self.writers.values())).previous.digests
+        compute, keep = [], []
+        for position, record in enumerate(records):
+            stem = record.key.stem
+            self.changes.seen.add(stem)
+            digest = before.get(stem)
+            if digest is None:
+                self.changes.new += 1
+            elif digest != self.source.digest(record):
+                self.changes.changed += 1
+            else:
+                self.changes.unchanged += 1
+                keep.append(position)
+                continue
+            compute.append(position)
+        if self.is_done(shard, records):  # written by this run before it was killed
+            return None
+        if keep:
+            for writer in self.writers.values():
+                self.sink.submit(writer.keep, shard, keep, [records[p].key for p in keep])
+        return compute
 
     def report(self, skip: Skip) -> None:
         _report(self.result, skip, self.config)
@@ -139,26 +187,61 @@ class JobOutputs:
 
     def close(self) -> JobResult:
         """Wait for the writes, then the counts, `complete` manifests, failures.tsv and the summary line."""
-        self.sink.close()
         result, job = self.result, self.job
+        self._removed()
+        self.sink.close()
+        records = self._records()
         for layer in self.extractor.layers:
             writer = self.writers[layer.folder]
             result.counts[layer.folder] = writer.finish()
+            write_records(writer.folder, records)
             write_manifest(writer.folder, self._manifest(layer, "complete", result.counts[layer.folder],
                                                          len(result.skipped)))
+            shutil.rmtree(writer.folder / PREVIOUS, ignore_errors=True)
         write_failures(job.output_dir / "failures.tsv", [(s.label, s.origin, s.reason) for s in result.skipped])
         result.seconds = time.perf_counter() - self.started
         rate = result.extracted / result.seconds if result.seconds else 0.0
         truncated = self.extractor.describe().get("truncated_texts")
-        log.info("%s: %d extracted, %d already done, %d skipped (failures.tsv), %.1f rec/s%s", job.key,
+        log.info("%s: %d extracted, %d already done, %d skipped (failures.tsv), %.1f rec/s%s%s", job.key,
                  result.extracted, result.resumed, len(result.skipped), rate,
-                 f"; truncated texts: {truncated}" if truncated is not None else "")
+                 f"; truncated texts: {truncated}" if truncated is not None else "",
+                 f"; input changed: {self.changes.line()}" if self.incremental else "")
         return result
+
+    def _removed(self) -> None:
+        """Records of the previous output the input no longer has: deleted, or with `on_removed: keep` left as
+        they are (npy) or written after the input's rows, in their previous order (matrix, parquet)."""
+        if not self.incremental:
+            return
+        previous = next(iter(self.writers.values())).previous
+        removed = previous.removed(self.changes.seen)
+        self.changes.removed = len(removed)
+        if self.config.on_removed == "delete":
+            for writer in self.writers.values():
+                self.sink.submit(writer.remove, removed)
+        elif removed and self.job.format != "npy":
+            keys = previous.removed_keys(self.changes.seen)
+            for writer in self.writers.values():
+                self.sink.submit(writer.keep, self.shards, list(range(len(keys))), keys)
+                self.sink.submit(writer.end_chunk, self.shards, len(keys))
+
+    def _records(self) -> list[tuple[str, str]]:
+        """(stem, input digest) of every record the outputs now hold, for the next run's `incremental` (one more
+        pass over the source: texts are hashed again, files only stat-ed)."""
+        skipped = {skip.label for skip in self.result.skipped}
+        held = [(entry.key.stem, self.source.digest(entry)) for entry in self.source.records(self.scan, self.job.spec)
+                if isinstance(entry, Record) and entry.key.label not in skipped]
+        if self.incremental and self.config.on_removed == "keep":
+            previous = next(iter(self.writers.values())).previous
+            held += [(stem, previous.digests[stem]) for stem in previous.removed(self.changes.seen)]
+        return held
 
     def _manifest(self, layer: Layer, status: str, count: int, failures: int = 0) -> dict[str, Any]:
         writer = self.writers[layer.folder]
+        incremental = {"incremental": self.changes.as_dict()} if self.incremental and status == "complete" else {}
         return {**_manifest(self.job, layer, writer, self.extractor, self.config, self.input_sha, self.device, status,
-                            count, failures), **(writer.describe() if status == "complete" else {}), **self.extra}
+                            count, failures), **(writer.describe() if status == "complete" else {}), **incremental,
+                **self.extra}
 
 
 def run_job(job: Job, source: Source, scan: Any, device: str, config: Config, progress: bool) -> JobResult:
@@ -235,12 +318,15 @@ def _plan(job: Job, source: Source, scan: Any, model: _Model) -> Iterator[Any]:
             if index > 0:
                 raise RuntimeError("the plan went past the first shard before the model was built")
             sort_key = None  # models with an early loader give every payload the same sort key
-        elif model.outputs.is_done(index, records):
-            yield ("done", len(records))
-            continue
+            todo = None
         else:
+            todo = model.outputs.plan_shard(index, records)
+            if todo is None or len(todo) < len(records):
+                yield ("done", len(records) - len(todo or ()))
+            if todo is None:
+                continue
             sort_key = model.extractor.sort_key
-        yield from batches(index, records, job.spec.batch_size, sort_key)
+        yield from batches(index, records, job.spec.batch_size, sort_key, todo)
         yield ("end", index, len(records))
 
 

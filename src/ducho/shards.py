@@ -74,11 +74,12 @@ def shard_records(source: Source, scan: Any, spec: Any) -> Iterator[tuple[int, l
         yield -1, [], skipped
 
 
-def batches(shard: int, records: list[Record], batch_size: int,
-            sort_key: Callable[[Any], int] | None) -> list[Batch]:
-    """The shard's batches: records sorted by size, longest first (stable, so equal sizes keep input order), cut
-    every `batch_size`. Without a sort key (decoding started before the model was built) input order."""
-    order = list(range(len(records)))
+def batches(shard: int, records: list[Record], batch_size: int, sort_key: Callable[[Any], int] | None,
+            positions: list[int] | None = None) -> list[Batch]:
+    """The shard's batches (of the records at `positions`, default all): records sorted by size, longest first
+    (stable, so equal sizes keep input order), cut every `batch_size`. Without a sort key (decoding started before
+    the model was built) input order."""
+    order = list(range(len(records))) if positions is None else list(positions)
     if sort_key is not None:
         order.sort(key=lambda i: -sort_key(records[i].payload))
     return [Batch(shard, [records[i] for i in order[s:s + batch_size]], order[s:s + batch_size])

@@ -29,6 +29,8 @@ from .ids import RecordKey
 
 MANIFEST = "manifest.json"
 PARTS = ".parts"
+RECORDS = "records.tsv"  # stem and input digest of each record of a complete layer (`incremental`)
+PREVIOUS = ".previous"  # the complete output an incremental run takes unchanged records from (`incremental`)
 PARQUET_SHARDS = "shards"  # format parquet: the folder of a layer's part files
 PARQUET_PART = re.compile(r"part-(?P<index>\d{5,})\.parquet")
 _TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)\.\d+\.tmp")
@@ -140,8 +142,9 @@ class LayerWriter:
     """Outputs of one layer of one model, in `folder`."""
 
     def __init__(self, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
-                 interactions: bool, dtype: str = "float32") -> None:
+                 interactions: bool, dtype: str = "float32", previous: Any = None) -> None:
         self.folder = folder
+        self.previous = previous  # incremental.Previous: the complete output of another input, or None
         self.interactions = interactions
         self.dtype = DTYPES[dtype]
         self.shape: tuple[int, ...] | None = None
@@ -158,6 +161,8 @@ class LayerWriter:
                              "or choose another output_path")
         # the same settings already ran to the end on the same input file: nothing to do (unless its files are gone)
         self.complete = previous.get("status") == "complete" and previous.get("input_sha256") == input_sha256
+        # what earlier runs left here was made from another input (files of the same ids may hold old values)
+        self.input_changed = bool(previous) and previous.get("input_sha256") != input_sha256
         self.previous_count = int(previous.get("count", 0))
         folder.mkdir(parents=True, exist_ok=True)
         for place in (folder, folder / PARTS):
@@ -169,7 +174,7 @@ class LayerWriter:
             return
         shards = self.folder / PARQUET_SHARDS
         for entry in [*self.folder.iterdir(), *(shards.iterdir() if shards.is_dir() else ())]:
-            if entry.name == PARTS:
+            if entry.name in (PARTS, PREVIOUS):
                 shutil.rmtree(entry)
             elif (entry.suffix in (".npy", ".npz", ".tsv", ".json") or is_temporary(entry.name)
                   or (entry.parent == shards and PARQUET_PART.fullmatch(entry.name))):
@@ -206,6 +211,18 @@ class LayerWriter:
                                  "token/time matrices of varying length (use pooling or format: npy)")
             pending[position] = (key, array)
 
+    def write(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
+              arrays: Sequence[np.ndarray]) -> None:
+        """Records of `chunk` (at `positions` in it) and their arrays."""
+        raise NotImplementedError
+
+    def keep(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey]) -> None:
+        """Records of `chunk` whose input did not change: their vectors come from the previous output."""
+        self.write(chunk, positions, keys, self.previous.vectors(keys))
+
+    def remove(self, stems: Sequence[str]) -> None:
+        """Records of the previous output the input no longer has (only `npy` keeps files of them to remove)."""
+
     def take(self, chunk: int) -> tuple[list[RecordKey], list[np.ndarray]]:
         """The records held for `chunk`, in input order, forgotten here."""
         pending = self.pending.pop(chunk, {})
@@ -224,7 +241,17 @@ class NpyWriter(LayerWriter):
         self.complete = self.complete and len(self.existing) >= self.previous_count  # none deleted since
 
     def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
-        return self.complete or all(key.stem in self.existing for key in keys)
+        """Every file is there and was made from this input (after an input change only digests tell, see
+        `incremental`)."""
+        return self.complete or (not self.input_changed and self.previous is None
+                                 and all(key.stem in self.existing for key in keys))
+
+    def keep(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey]) -> None:
+        """Nothing to write: the files of unchanged records are the previous output's."""
+
+    def remove(self, stems: Sequence[str]) -> None:
+        for stem in stems:
+            (self.folder / f"{stem}.npy").unlink(missing_ok=True)
 
     def write(self, chunk: int, positions: Sequence[int], keys: Sequence[RecordKey],
               arrays: Sequence[np.ndarray]) -> None:
@@ -251,6 +278,8 @@ class MatrixWriter(LayerWriter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.parts = self.folder / PARTS
+        if self.input_changed and self.parts.is_dir():  # parts of a killed run on another input
+            shutil.rmtree(self.parts)
         self.complete = self.complete and all((self.folder / name).is_file() for name in (self.features, "ids.tsv"))
 
     def is_done(self, chunk: int, keys: Sequence[RecordKey]) -> bool:
@@ -356,13 +385,13 @@ class SparseMatrixWriter(MatrixWriter):
 
 
 def open_writer(fmt: str, folder: Path, fingerprint: str, input_sha256: str, overwrite: bool,
-                interactions: bool, dtype: str = "float32") -> LayerWriter:
+                interactions: bool, dtype: str = "float32", previous: Any = None) -> LayerWriter:
     cls: type[LayerWriter] = {"matrix": MatrixWriter, "sparse": SparseMatrixWriter}.get(fmt, NpyWriter)
     if fmt == "parquet":
         from .parquet_writer import ParquetWriter  # pyarrow is imported for this format only
 
         cls = ParquetWriter
-    return cls(folder, fingerprint, input_sha256, overwrite, interactions, dtype)
+    return cls(folder, fingerprint, input_sha256, overwrite, interactions, dtype, previous)
 
 
 def write_failures(path: Path, rows: Sequence[tuple[str, str, str]]) -> None:

@@ -222,6 +222,10 @@ class Config(Settings):
                                                       "(not with format sparse).")
     strict: bool = Field(False, description="Stop at the first skipped record instead of reporting it.")
     overwrite: bool = False
+    on_removed: Literal["delete", "keep"] = Field("delete", description="An incremental run (the input changed "
+                                                  "since a complete run): what becomes of the vectors of records the "
+                                                  "input no longer has; keep: npy files stay, matrix and parquet "
+                                                  "rows follow the input's rows.")
     report: bool = Field(False, description="Write report.html (`ducho report`) in dataset_path after the run.")
     log_dir: str = Field("logs", description="Run logs and resolved configs, relative to dataset_path.")
     workers: int | None = Field(None, ge=0, description="Processes that decode and preprocess files while the "

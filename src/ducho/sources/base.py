@@ -38,3 +38,7 @@ class Source(Protocol):
 
     def fingerprint(self, scan: Any) -> str:
         """Changes whenever the input changes; a complete output of another fingerprint is redone."""
+
+    def digest(self, record: Record) -> str:
+        """Changes whenever this record's input changes (an incremental run recomputes the records whose digest
+        changed and keeps the others)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.schema import JointModelSpec, JointSource, MediaSource
+from ..hashing import file_digest, text_digest
 from ..ids import RecordKey
 from .base import Record, Skip
 from .media import MediaFolder, MediaScan
@@ -60,6 +61,11 @@ class ImageTextPairs:
                 yield entry
             elif entry.key in scan.paths:
                 yield Record(entry.key, entry.origin, (scan.paths[entry.key], entry.payload))
+
+    def digest(self, record: Record) -> str:
+        """The image file's digest and the text's."""
+        path, text = record.payload
+        return f"{file_digest(path, Path(path).name)}{text_digest(text)}"
 
     def fingerprint(self, scan: JointScan) -> str:
         both = f"{self.texts.fingerprint(scan.text)}:{self.images.fingerprint(scan.images)}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config.schema import MediaSource
 from ..errors import ConfigError, DuchoError, did_you_mean
+from ..hashing import file_digest
 from ..ids import RecordKey
 from .base import Record, Skip
 
@@ -68,6 +69,10 @@ class MediaFolder:
         if self.mapping is not None:
             digest.update(self.mapping.read_bytes())
         return digest.hexdigest()
+
+    def digest(self, record: Record) -> str:
+        """The file's place in the input, size and modification time (as make and rsync tell a changed file)."""
+        return file_digest(record.payload, record.origin)
 
     # items ---------------------------------------------------------------------------------------------------
     def _scan_folder(self) -> MediaScan:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config.schema import TextModelSpec, TextualSource
 from ..errors import ConfigError, DuchoError, did_you_mean
-from ..hashing import file_sha256
+from ..hashing import file_sha256, text_digest
 from ..ids import RecordKey
 from ..preprocess.text import clear_text
 from .base import Record, Skip
@@ -171,6 +171,10 @@ class TextTable:
     def fingerprint(self, scan: Scan) -> str:
         """sha256 of the TSV file."""
         return file_sha256(self.path)
+
+    def digest(self, record: Record) -> str:
+        """sha256 of the record's text, as the model gets it."""
+        return text_digest(record.payload)
 
     def _origin(self, index: int) -> str:
         return f"{self.path.name}: row {index + 1}"
