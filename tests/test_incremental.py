@@ -157,3 +157,33 @@ def test_an_image_folder_recomputes_added_and_modified_files_only(tmp_path: Path
         (tmp_path / "fresh" / "images" / path.name).write_bytes(path.read_bytes())
     ducho.run(config(tmp_path / "fresh"), progress=False)
     assert outputs(tmp_path / "incremental" / "out") == outputs(tmp_path / "fresh" / "out")
+
+
+@pytest.mark.parametrize("fmt", ["npy", "matrix"])
+def test_an_interrupted_incremental_run_resumes_to_the_same_files(
+        tmp_path: Path, tiny_bert: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho import writers
+
+    before, after = rows(100), changed(rows(100))
+    incremental, fresh = tmp_path / "incremental", tmp_path / "fresh"
+    write_tsv(incremental / "in.tsv", ["item_id", "text"], before)
+    ducho.run(text_config(incremental, tiny_bert, fmt, 1), progress=False)
+    write_tsv(incremental / "in.tsv", ["item_id", "text"], after)
+    save, saved = writers.save_npy, []
+
+    def save_then_stop(*args: object) -> None:
+        saved.append(args)
+        if len(saved) == 8:
+            raise KeyboardInterrupt
+        save(*args)
+
+    monkeypatch.setattr(writers, "save_npy", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        ducho.run(text_config(incremental, tiny_bert, fmt, 1), progress=False)
+    assert list((incremental / "out").rglob(".previous"))  # the vectors to keep are still there
+    monkeypatch.setattr(writers, "save_npy", save)
+    job = ducho.run(text_config(incremental, tiny_bert, fmt, 1), progress=False).jobs[0]
+    assert job.extracted <= 15
+    write_tsv(fresh / "in.tsv", ["item_id", "text"], after)
+    ducho.run(text_config(fresh, tiny_bert, fmt, 1), progress=False)
+    assert outputs(incremental / "out") == outputs(fresh / "out")
