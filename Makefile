@@ -1,11 +1,12 @@
 # Two entry points: `make demo` (the main job on bundled data, offline models) and `make test`.
-# Both create .venv with pip when it is missing and reinstall only when pyproject.toml changes.
+# Both create .venv with pip when it is missing (scripts/install.sh: the steps the container images run too) and
+# reinstall only when pyproject.toml, the Makefile or scripts/install.sh changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= text,vision,audio,handcrafted,open_clip,onnx,tensorflow,ray,dev
 comma := ,
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile scripts/install.sh | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -16,14 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 install: $(STAMP)
 
 $(STAMP):
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	# musicnn's checkpoints (TensorFlow audio backend); --no-deps: it declares numpy<1.17 but runs on today's
-	# keras-hub (TensorFlow text backend); --no-deps: its tensorflow-text pulls the full tensorflow over tensorflow-cpu
-	$(if $(findstring tensorflow,$(EXTRAS)),$(BIN)/python -m pip install --quiet --no-deps musicnn==0.1.0 keras-hub==0.32.0)
-	# Debian's chromium: tests/test_report.py opens the report page in it (headless, DevTools protocol)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	scripts/install.sh --venv $(VENV) --python $(PYTHON) --editable --extras $(EXTRAS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
