@@ -11,8 +11,9 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: demo test lint bench install
+.PHONY: demo test lint bench install docs
 
 install: $(STAMP)
 
@@ -30,12 +31,17 @@ KERNELS_AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INST
 KERNELS_BASE := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 	@# AVX2: on a machine whose CPU has AVX-512 only (elsewhere AVX2 is the native level the first run used)
 	if grep -q avx512 /proc/cpuinfo; then $(KERNELS_AVX2) $(BIN)/python -m pytest -q -m kernels; \
 	else echo "kernels: the native level is AVX2 here (no AVX-512): the main run covered it"; fi
 	$(KERNELS_BASE) $(BIN)/python -m pytest -q -m kernels
+
+# The documentation site (site/): hand-written pages in docs/, the configuration, backends and command-line references
+# generated from the code by scripts/docgen (an MkDocs hook). `make test` builds it too (tests/test_docs.py).
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/text_throughput.py
