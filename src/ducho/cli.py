@@ -1,5 +1,5 @@
-"""`ducho` command line: run, validate, layers, export, demo. Heavy libraries (torch, numpy, pyarrow) load only
-inside the commands that need them."""
+"""`ducho` command line: run, validate, layers, export, report, models, demo. Heavy libraries (torch, numpy,
+pyarrow) load only inside the commands that need them."""
 
 from __future__ import annotations
 
@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--labels", help="TSV (or .csv) with a header: ids, then labels (k-NN accuracy, colours)")
     report.add_argument("--label-column", help="the labels' column (default: the last)")
     report.add_argument("--sample", type=int, default=2000, help="records per layer plotted and compared (2000)")
+
+    models = commands.add_parser("models", help="the model names a config can use, and which resolve offline here")
+    models.add_argument("--modality", help="textual, visual, audio or visual_textual")
+    models.add_argument("--backend", help="a backend (torch, transformers, tensorflow, onnx, handcrafted...)")
+    models.add_argument("--offline", action="store_true", help="only what resolves on this machine now (packaged "
+                                                               "weights, local caches, hand-crafted families)")
 
     demo = commands.add_parser("demo", help="run the bundled demo with the packaged offline models")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's data copy and features")
@@ -149,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(write_report(args.folder, args.output, labels=args.labels, label_column=args.label_column,
                                sample=args.sample))
+            return 0
+        if args.command == "models":
+            from .catalogue import catalogue, table
+
+            print(table(catalogue(args.modality, args.backend, args.offline)))
             return 0
         if args.command == "demo":
             from .demo.main import main as demo_main

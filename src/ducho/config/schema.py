@@ -20,6 +20,9 @@ DuplicatePolicy = Literal["first", "last", "skip_all"]
 ImageScaling = Literal["zscore", "minmax"]
 Fusion = Literal["concat", "sum", "mul", "mean"]
 
+ITEMS_DOC = "Item content (descriptions, images, clips): one feature file per item."
+INTERACTIONS_DOC = "User-item content (reviews, review photos): one feature file per (user, item) pair."
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -38,9 +41,9 @@ class ModelSpec(Settings):
     output_layers: list[str] = Field(default_factory=list,
                                      description="Layers to extract; the backend's default when empty.")
     pooling: Pooling | None = Field(None, description="How tokens, time steps or positions are pooled.")
-    batch_size: PositiveInt = 32
+    batch_size: PositiveInt = Field(32, description="Records per forward (audio: windows per forward).")
     task: str | None = Field(None, description="Model variant, e.g. 'sentiment-analysis' or an Auto class name.")
-    revision: str | None = None
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a hub model.")
     normalize: bool = Field(False, description="L2-normalise every written vector.")
     precision: Precision = Field("auto", description="auto: fp16 autocast on CUDA, fp32 elsewhere.")
     trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a hub model.")
@@ -64,7 +67,8 @@ class TextModelSpec(ModelSpec):
     """A text model: tokenizer and cleaning settings."""
 
     clear_text: bool = Field(False, description="Drop punctuation, digits, symbols; keep letters of every script.")
-    tokenizer_name: str | None = None
+    tokenizer_name: str | None = Field(None, description="Another hub id or folder for the tokenizer (e.g. for a "
+                                                         "tokenizer-less ONNX file); the model's own when unset.")
     max_length: PositiveInt | None = Field(None, description="Token limit; the model's own maximum when unset.")
 
 
@@ -75,8 +79,10 @@ class VisualModelSpec(ModelSpec):
                                                   "local state-dict file.")
     reshape: tuple[PositiveInt, PositiveInt] | None = Field(None, description="[width, height] to resize to.")
     preprocessing: ImageScaling | None = Field(None, description="zscore (with mean/std) or minmax to [0, 1].")
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[float, float, float] | None = Field(None, description="zscore: per-channel RGB mean (in [0, 1]); "
+                                                                      "ImageNet's when unset.")
+    std: tuple[float, float, float] | None = Field(None, description="zscore: per-channel RGB standard deviation; "
+                                                                     "ImageNet's when unset.")
     image_processor_name: str | None = Field(None, description="transformers: another hub id for the processor.")
 
 
@@ -85,7 +91,7 @@ class AudioModelSpec(ModelSpec):
 
     weights: str | None = Field(None, description="torch: DEFAULT (when unset), none, or a local state-dict file.")
     sample_rate: PositiveInt | None = Field(None, description="Resample to this rate; the model's own when unset.")
-    mono: bool = True
+    mono: bool = Field(True, description="Average the channels to one; false keeps them (models that take stereo).")
     offset: float = Field(0.0, ge=0, description="Seconds skipped at the start of every file.")
     max_seconds: float | None = Field(None, gt=0, description="Read at most this many seconds of every file.")
     window_seconds: float | None = Field(None, gt=0, description="Long audio is cut into windows of this length.")
@@ -96,54 +102,59 @@ class AudioModelSpec(ModelSpec):
 class TextualSource(Settings):
     """A TSV of texts: item descriptions (items) or reviews (interactions)."""
 
-    input_path: str
-    output_path: str
-    model: list[TextModelSpec] = Field(min_length=1)
+    input_path: str = Field(description="TSV file with a header row, relative to dataset_path.")
+    output_path: str = Field(description="Folder of the features, relative to dataset_path.")
+    model: list[TextModelSpec] = Field(min_length=1, description="The models to extract with (one mapping is a "
+                                                                 "list of one).")
     item_column: str | None = Field(None, description="Item id column; the first (items) or second column by default.")
     user_column: str | None = Field(None, description="Interactions: user id column; the first column by default.")
     text_column: str | list[str] | None = Field(None, description="Text column(s); the last column by default.")
-    empty_text: EmptyTextPolicy = "skip"
-    duplicate_ids: DuplicatePolicy = "first"
+    empty_text: EmptyTextPolicy = Field("skip", description="skip: an empty text is a skipped record (in "
+                                                            "failures.tsv); encode: it is encoded like any text.")
+    duplicate_ids: DuplicatePolicy = Field("first", description="Which record of a repeated id is kept: the first, "
+                                                                "the last, or none (skip_all); the others are "
+                                                                "reported.")
     format: OutputFormat | None = Field(None, description="Overrides the top-level format for this source.")
     dtype: OutputDtype | None = Field(None, description="Overrides the top-level dtype for this source.")
 
 
 class TextualModality(Settings):
-    items: TextualSource | None = None
-    interactions: TextualSource | None = None
+    items: TextualSource | None = Field(None, description=ITEMS_DOC)
+    interactions: TextualSource | None = Field(None, description=INTERACTIONS_DOC)
 
 
 class MediaSource(Settings):
     """A folder of files (items), or a folder plus a TSV mapping each file to a user and an item (interactions)."""
 
-    input_path: str = Field(description="Folder of files.")
-    output_path: str
+    input_path: str = Field(description="Folder of files, relative to dataset_path.")
+    output_path: str = Field(description="Folder of the features, relative to dataset_path.")
     recursive: bool = Field(False, description="Include files in sub-folders (the id keeps the sub-folder).")
     mapping_path: str | None = Field(None, description="Interactions: TSV with a file name, a user and an item.")
     file_column: str | None = Field(None, description="Mapping: file name column; the first by default.")
     user_column: str | None = Field(None, description="Mapping: user id column; the second by default.")
     item_column: str | None = Field(None, description="Mapping: item id column; the third by default.")
-    duplicate_ids: DuplicatePolicy = "first"
+    duplicate_ids: DuplicatePolicy = Field("first", description="Which record of a repeated id is kept (first, last, "
+                                                                "or none: skip_all); the others are reported.")
     format: OutputFormat | None = Field(None, description="Overrides the top-level format for this source.")
     dtype: OutputDtype | None = Field(None, description="Overrides the top-level dtype for this source.")
 
 
 class VisualSource(MediaSource):
-    model: list[VisualModelSpec] = Field(min_length=1)
+    model: list[VisualModelSpec] = Field(min_length=1, description="The image models (one mapping is a list of one).")
 
 
 class AudioSource(MediaSource):
-    model: list[AudioModelSpec] = Field(min_length=1)
+    model: list[AudioModelSpec] = Field(min_length=1, description="The audio models (one mapping is a list of one).")
 
 
 class VisualModality(Settings):
-    items: VisualSource | None = None
-    interactions: VisualSource | None = None
+    items: VisualSource | None = Field(None, description=ITEMS_DOC)
+    interactions: VisualSource | None = Field(None, description=INTERACTIONS_DOC)
 
 
 class AudioModality(Settings):
-    items: AudioSource | None = None
-    interactions: AudioSource | None = None
+    items: AudioSource | None = Field(None, description=ITEMS_DOC)
+    interactions: AudioSource | None = Field(None, description=INTERACTIONS_DOC)
 
 
 class JointModelSpec(ModelSpec):
@@ -151,45 +162,48 @@ class JointModelSpec(ModelSpec):
 
     fusion: Fusion | None = Field(None, description="Also write the two embeddings fused: concat|sum|mul|mean.")
     weights: str | None = Field(None, description="open_clip: a local checkpoint file, or none (random).")
-    clear_text: bool = False
-    tokenizer_name: str | None = None
-    image_processor_name: str | None = None
-    max_length: PositiveInt | None = None
-    reshape: tuple[PositiveInt, PositiveInt] | None = None
-    preprocessing: ImageScaling | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    clear_text: bool = Field(False, description="Text tower: drop punctuation, digits, symbols before tokenizing.")
+    tokenizer_name: str | None = Field(None, description="Text tower: another hub id or folder for the tokenizer.")
+    image_processor_name: str | None = Field(None, description="Image tower: another hub id for the processor.")
+    max_length: PositiveInt | None = Field(None, description="Text tower token limit; the model's own when unset.")
+    reshape: tuple[PositiveInt, PositiveInt] | None = Field(None, description="Image tower: [width, height] to "
+                                                                              "resize to.")
+    preprocessing: ImageScaling | None = Field(None, description="Image tower: zscore (with mean/std) or minmax.")
+    mean: tuple[float, float, float] | None = Field(None, description="Image tower zscore: per-channel RGB mean.")
+    std: tuple[float, float, float] | None = Field(None, description="Image tower zscore: per-channel RGB std.")
 
 
 class JointPaths(Settings):
     """The reference 2.0 spelling: one path per side."""
 
-    visual: str
-    textual: str
+    visual: str = Field(description="The image side: a folder (input) or the image features' folder (output).")
+    textual: str = Field(description="The text side: a TSV (input) or the text features' folder (output).")
 
 
 class JointSource(Settings):
     """Images and texts of the same records, joined by id (never by position)."""
 
-    input_path: JointPaths
+    input_path: JointPaths = Field(description="{visual: image folder, textual: TSV}, joined by id.")
     output_path: str | JointPaths = Field(description="One folder, or {visual, textual}: image and fused layers "
                                                       "go to visual, text layers to textual.")
-    model: list[JointModelSpec] = Field(min_length=1)
+    model: list[JointModelSpec] = Field(min_length=1, description="The dual encoders (one mapping is a list of one).")
     item_column: str | None = Field(None, description="Item id column of the TSV; the first (items) or second.")
     user_column: str | None = Field(None, description="Interactions: user id column of the TSV; the first.")
     text_column: str | list[str] | None = Field(None, description="Text column(s); the last column by default.")
-    empty_text: EmptyTextPolicy = "skip"
-    duplicate_ids: DuplicatePolicy = "first"
-    recursive: bool = False
+    empty_text: EmptyTextPolicy = Field("skip", description="skip: a record with an empty text is skipped; encode: "
+                                                            "it is encoded.")
+    duplicate_ids: DuplicatePolicy = Field("first", description="Which record of a repeated id is kept (first, last, "
+                                                                "or none: skip_all).")
+    recursive: bool = Field(False, description="Include images in sub-folders (the id keeps the sub-folder).")
     mapping_path: str | None = Field(None, description="Interactions: TSV mapping image files to user and item "
                                                        "(columns: file, user, item).")
-    format: OutputFormat | None = None
-    dtype: OutputDtype | None = None
+    format: OutputFormat | None = Field(None, description="Overrides the top-level format for this source.")
+    dtype: OutputDtype | None = Field(None, description="Overrides the top-level dtype for this source.")
 
 
 class JointModality(Settings):
-    items: JointSource | None = None
-    interactions: JointSource | None = None
+    items: JointSource | None = Field(None, description=ITEMS_DOC)
+    interactions: JointSource | None = Field(None, description=INTERACTIONS_DOC)
 
 
 class RaySettings(Settings):
@@ -214,14 +228,15 @@ class RaySettings(Settings):
 class Config(Settings):
     """A whole Ducho run."""
 
-    dataset_path: str = "."
-    device: str = "auto"
+    dataset_path: str = Field(".", description="Every input_path and output_path is relative to it.")
+    device: str = Field("auto", description="auto: the first CUDA GPU, else Apple's mps, else the CPU.")
     device_fallback_to_cpu: bool = Field(False, description="Run on the CPU (with a warning) when the GPU is missing.")
-    format: OutputFormat = "npy"
+    format: OutputFormat = Field("npy", description="npy: one file per record; matrix: (N, D) features.npy + "
+                                                    "ids.tsv; sparse: CSR features.npz + ids.tsv; parquet: shards.")
     dtype: OutputDtype = Field("float32", description="Precision of the written vectors; float16 halves the size "
                                                       "(not with format sparse).")
     strict: bool = Field(False, description="Stop at the first skipped record instead of reporting it.")
-    overwrite: bool = False
+    overwrite: bool = Field(False, description="Recompute outputs that exist (also when their settings changed).")
     on_removed: Literal["delete", "keep"] = Field("delete", description="An incremental run (the input changed "
                                                   "since a complete run): what becomes of the vectors of records the "
                                                   "input no longer has; keep: npy files stay, matrix and parquet "
@@ -232,11 +247,11 @@ class Config(Settings):
                                                         "model runs; 0 decodes in a thread; auto when unset.")
     executor: Literal["local", "ray"] = Field("local", description="local: this process and its decoding workers; "
                                                                "ray: a Ray cluster (the `ray` section).")
-    ray: RaySettings = Field(default_factory=RaySettings)
-    textual: TextualModality | None = None
-    visual: VisualModality | None = None
-    audio: AudioModality | None = None
-    visual_textual: JointModality | None = None
+    ray: RaySettings = Field(default_factory=RaySettings, description="Settings of executor: ray.")
+    textual: TextualModality | None = Field(None, description="Texts from TSV files.")
+    visual: VisualModality | None = Field(None, description="Images from folders.")
+    audio: AudioModality | None = Field(None, description="Audio files from folders.")
+    visual_textual: JointModality | None = Field(None, description="Image-text pairs through dual encoders.")
 
     @field_validator("device")
     @classmethod
