@@ -244,3 +244,38 @@ def test_actor_sizing_defaults() -> None:
     assert (asked.actors, asked.cpus_per_actor, asked.actors_per_node) == (4, 2, 2)
     # decoding tasks: what the CPUs left hold, never the actor count (Ray Data would fuse decoding into the actors)
     assert (gpus.decode_tasks, cpus.decode_tasks, small.decode_tasks, asked.decode_tasks) == (24, 2 + 1, 3, 8)
+
+
+def test_a_file_that_crashes_its_decoder_costs_only_itself(cluster: object) -> None:
+    """Ray retries a task whose process died, without end; the retry of a batch that crashed its decoding task
+    decodes each file in a process of its own, so only the file that crashes it is lost (as locally)."""
+    import pickle
+
+    import ray
+
+    from ducho.ids import RecordKey
+    from ducho.loading import Failed
+    from ducho.ray_executor import _decode_rows
+    from ducho.shards import Batch
+    from ducho.sources.base import Record
+
+    def crashes_on_seven(payload: int) -> int:
+        if payload == 7:
+            os.kill(os.getpid(), signal.SIGSEGV)  # a decoder crashing on one file takes its whole process down
+        return payload * 10
+
+    work = [{"batch": pickle.dumps(Batch(0, [Record(RecordKey(f"r{n}"), f"f{n}", n) for n in range(s, s + 4)],
+                                         list(range(s, s + 4))))} for s in (0, 4, 8)]
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        rows = ray.data.from_items(work, override_num_blocks=3).map_batches(
+            _decode_rows, batch_size=1, fn_kwargs={"loader": crashes_on_seven, "run": "crash-test"}).take_all()
+    finally:
+        ray.shutdown()
+    items = {}
+    for row in rows:
+        batch, decoded = pickle.loads(row["decoded"])
+        items.update(zip(batch.payloads, decoded))
+    assert sorted(items) == list(range(12))
+    assert all(items[n] == n * 10 for n in range(12) if n != 7)
+    assert isinstance(items[7], Failed) and "crashed its worker process" in items[7].reason

@@ -107,18 +107,20 @@ def test_strict_mode_stops_at_first_skip(tmp_path: Path, tiny_bert: Path) -> Non
         ducho.run(cfg, progress=False)
 
 
-# The run kills itself with SIGKILL half-way through writing its 4200th file of 8000 (two layers), leaving a temporary
-# as a real kill mid-write does: deterministic, where killing from outside raced a fast machine to the run's end.
-KILLED_MID_WRITE = """
+# Each run of the next test in a process of its own, with shards of 64 records (2048 would take thousands of texts
+# for a complete shard before the kill). With KILL_AT it kills itself with SIGKILL half-way through writing that file
+# (a temporary left behind, as a real kill mid-write leaves one): deterministic, where killing from outside raced a
+# fast machine to the run's end.
+RUN = """
 import os, signal, sys
-from ducho import writers
+from ducho import shards, writers
 from ducho.cli import main
-written = 0
-save_npy = writers.save_npy
+shards.SHARD = 64
+kill_at, written, save_npy = int(os.environ.get("KILL_AT", 0)), 0, writers.save_npy
 def save_or_die(path, array, dtype=writers.FLOAT32):
     global written
     written += 1
-    if written == 4200:
+    if written == kill_at:
         writers.temporary(path).write_bytes(b"half a file")
         os.kill(os.getpid(), signal.SIGKILL)
     save_npy(path, array, dtype)
@@ -128,28 +130,28 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_killed_run_resumes_to_identical_files(tmp_path: Path, tiny_bert: Path) -> None:
-    texts = [f"{TEXTS[n % len(TEXTS)]} {n}" for n in range(4000)]  # two resume chunks; killed in the second
+    texts = [f"{TEXTS[n % len(TEXTS)]} {n}" for n in range(300)]  # 5 shards; killed in the fourth
     rows = [[f"i{n:05d}", t] for n, t in enumerate(texts)]
     for name in ("whole", "killed"):
         cfg = config(tmp_path / name, tiny_bert, rows=rows, batch_size=8)
         (tmp_path / name / "c.yml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    arguments = ["run", "--no-progress"]
-    command = [sys.executable, "-m", "ducho", *arguments]
-    subprocess.run([*command, str(tmp_path / "whole" / "c.yml")], check=True, env=env, capture_output=True)
 
-    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, *arguments, str(tmp_path / "killed" / "c.yml")],
-                            env=env, capture_output=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
-    assert len(list((tmp_path / "killed" / "out").rglob("*.npy"))) == 4199
+    def run(name: str, kill_at: int = 0) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", RUN, "run", "--no-progress", str(tmp_path / name / "c.yml")],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "KILL_AT": str(kill_at)},
+                              capture_output=True, text=True)
+
+    assert run("whole").returncode == 0
+    killed = run("killed", kill_at=2 * 3 * 64 + 20)  # two layers' files: three shards done, the fourth not
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(list((tmp_path / "killed" / "out").rglob("*.npy"))) == 2 * 3 * 64 + 19
     assert [p.name for p in (tmp_path / "killed" / "out").rglob("*") if is_temporary(p.name)]  # the half-written file
-    resumed = subprocess.run([*command, str(tmp_path / "killed" / "c.yml")], check=True, env=env,
-                             capture_output=True, text=True)
-    assert "resumed 2048" in resumed.stdout  # the first chunk was complete and not recomputed
+    resumed = run("killed")
+    assert resumed.returncode == 0 and "resumed 192" in resumed.stdout  # complete shards were not recomputed
     whole = snapshot(tmp_path / "whole" / "out")
     assert sum(name.endswith(".npy") for name in whole) == 2 * len(texts)
     assert snapshot(tmp_path / "killed" / "out") == whole
-    assert not list((tmp_path / "killed").rglob("*.tmp"))  # nor any temporary the kill left
+    assert not [p for p in (tmp_path / "killed").rglob("*") if is_temporary(p.name)]  # nor the kill's temporary
 
 
 @pytest.mark.parametrize("shape", [(1,), (384,), (2048, 7, 7), (3, 0)])

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,12 +119,49 @@ class _LowerPriority:
             pass
 
 
-def _isolating_start(nice: int) -> None:
+def _isolating_start(nice: int, loader: Callable[[Any], Any]) -> None:
     """The start of a process that decodes records which may crash it: a crash is reported as the record's failure,
     so the process prints no faulthandler dump (inherited from a parent that enabled it: pytest, PYTHONFAULTHANDLER).
-    The DataLoader's workers need nothing: torch's own handler of fatal signals replaces faulthandler's there."""
+    The DataLoader's workers need nothing: torch's own handler of fatal signals replaces faulthandler's there. The
+    loader comes with the fork (not pickled), so any loader works, as in the DataLoader's workers."""
+    global _INHERITED_LOADER
     faulthandler.disable()
     _LowerPriority(nice)(0)
+    _INHERITED_LOADER = loader
+
+
+_INHERITED_LOADER: Callable[[Any], Any] | None = None
+
+
+def _load_inherited(payload: Any) -> Any:
+    assert _INHERITED_LOADER is not None
+    return load_one(_INHERITED_LOADER, payload)
+
+
+def decode_alone(loader: Callable[[Any], Any], payloads: Sequence[Any], nice: int, crash: str) -> list[Any]:
+    """Load each payload in a child process (one, replaced when it dies): a payload whose process dies is a
+    `Failed` naming `crash`, so a decoder that crashes on one file costs only that file."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context(_CONTEXT)
+    pool: ProcessPoolExecutor | None = None
+    items: list[Any] = []
+    try:
+        for payload in payloads:
+            pool = pool or ProcessPoolExecutor(1, mp_context=context, initializer=_isolating_start,
+                                               initargs=(nice, loader))
+            try:
+                items.append(pool.submit(_load_inherited, payload).result())
+            except BrokenProcessPool:
+                items.append(Failed(f"decoding this file crashed its worker process ({crash})"))
+                pool.shutdown(wait=True)
+                pool = None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return items
 
 
 class DecodeStream:
@@ -210,32 +247,10 @@ class DecodeStream:
 
     def _isolated(self, events: list[Any], crash: str) -> Iterator[tuple[Any, list[Any] | None]]:
         """Decode each record of `events` in a process of its own; a record whose process dies is a `Failed`."""
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
-
         assert self.loader is not None
-        context = multiprocessing.get_context(_CONTEXT)
-        pool: ProcessPoolExecutor | None = None
-        try:
-            for event in events:
-                if not hasattr(event, "payloads"):
-                    yield event, None
-                    continue
-                items: list[Any] = []
-                for payload in event.payloads:
-                    pool = pool or ProcessPoolExecutor(1, mp_context=context, initializer=_isolating_start,
-                                                       initargs=(self._decoding.nice,))
-                    try:
-                        items.append(pool.submit(load_one, self.loader, payload).result())
-                    except BrokenProcessPool:
-                        items.append(Failed(f"decoding this file crashed its worker process ({crash})"))
-                        pool.shutdown(wait=True)
-                        pool = None
-                yield event, items
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+        for event in events:
+            payloads = getattr(event, "payloads", None)
+            yield event, None if payloads is None else decode_alone(self.loader, payloads, self._decoding.nice, crash)
 
     def close(self) -> None:
         """Stop the workers now (they also stop when the stream ends or is garbage collected)."""

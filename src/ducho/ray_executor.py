@@ -11,10 +11,13 @@ import logging
 import os
 import pickle
 import socket
+import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -23,6 +26,7 @@ from .backends.registry import build_extractor
 from .config.schema import Config, RaySettings
 from .device import resolve_device
 from .errors import ConfigError
+from .loading import decode_alone
 from .plan import Job
 from .runner import JobOutputs, JobResult, fit
 from .shards import Batch, Extracted, batches, decode, extract, loaded, prepare, shard_records
@@ -162,7 +166,8 @@ class RayExecutor:
         if work:
             dataset = ray.data.from_items(work, override_num_blocks=min(len(work), 1000))
             if extractor.loader is not None:
-                dataset = dataset.map_batches(_decode_rows, batch_size=1, fn_kwargs={"loader": extractor.loader},
+                dataset = dataset.map_batches(_decode_rows, batch_size=1, fn_kwargs={
+                                                  "loader": extractor.loader, "run": uuid.uuid4().hex},
                                               compute=TaskPoolStrategy(size=sizing.decode_tasks),
                                               num_cpus=sizing.decode_cpus)
             dataset = dataset.map_batches(
@@ -205,13 +210,26 @@ def _check_reachable(address: str) -> None:
                           "with `ray start --head` or fix the address") from error
 
 
-def _decode_rows(rows: dict[str, Any], loader: Any) -> dict[str, Any]:
-    """A Ray task: load the files of each planned batch (at nice 19, so the model's threads keep the cores)."""
+def _decode_rows(rows: dict[str, Any], loader: Any, run: str) -> dict[str, Any]:
+    """A Ray task: load the files of each planned batch (at nice 19, so the model's threads keep the cores).
+
+    Ray Data retries a task whose process died, without end: a decoder that crashes on a file would crash every
+    retry. So a batch is marked (a file in this node's temporary folder) while it decodes; a retry that finds the
+    mark left by a dead attempt decodes each file in a child process of its own, and the file that crashes it is
+    skipped and listed (`loading.decode_alone`), as the local executor does."""
     _lowest_priority()
     out = []
     for blob in rows["batch"]:
         batch: Batch = pickle.loads(blob)
-        out.append(pickle.dumps((batch, decode(loader, batch))))
+        mark = Path(tempfile.gettempdir()) / "ducho-decoding" / f"{run}-{batch.shard}-{batch.positions[0]}"
+        if mark.exists():
+            items = decode_alone(loader, batch.payloads, 19, "on a Ray node")
+        else:
+            mark.parent.mkdir(exist_ok=True)
+            mark.touch()
+            items = decode(loader, batch)
+        mark.unlink(missing_ok=True)
+        out.append(pickle.dumps((batch, items)))
     return {"decoded": out}
 
 
