@@ -25,7 +25,7 @@ largest magnitude of the record's feature. Both compute in fp32 but sum in other
 (LayerNorm, GELU, Conv with its BatchNorm): measured 1e-7..1e-5 on ResNet-50, BERT-base, ViT and wav2vec2
 (benchmarks/runtimes.py prints it). An export that went wrong (a traced size kept, a mask or the position ids
 dropped) is off by the order of the values themselves (1e-1..1). 1e-3 leaves two orders of magnitude either side."""
-AUTO_ROUNDS = 2  # runtime auto: timed passes of each runtime on the first batch, after the checking ones
+AUTO_ROUNDS = 1  # runtime auto: timed passes of each runtime on the first batch, after the checking (warm-up) ones
 COUNTERS = ("truncated",)  # per-batch counts an extractor keeps in forward; the extra passes must not add to them
 
 
