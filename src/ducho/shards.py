@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Extractor
+from .errors import RunAbort
 from .ids import RecordKey
 from .loading import Failed, load_one, reason_of
 from .sources import Source
@@ -142,6 +143,8 @@ def _forward(extractor: Extractor, prepared: Any) -> Any:
         return prepared
     try:
         return extractor.forward(prepared)
+    except RunAbort:  # the whole run's problem (e.g. an exported graph that disagrees with torch), not the batch's
+        raise
     except Exception as error:
         return error
 

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from ..config.schema import AudioModelSpec
-from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
 from .audio_common import (
@@ -43,6 +42,7 @@ from .audio_common import (
     windowing,
 )
 from .base import Layer
+from .graph import Graph, GraphModule, batch_axes, on_device, sequence_axes
 from .hf_text import model_class
 
 log = logging.getLogger("ducho")
@@ -106,6 +106,7 @@ class TransformersAudio:
         self.layers = self._parse_layers()
         self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
         self.need_embeds = any(layer.name == EMBEDS for layer in self.layers)
+        self.names = sorted({layer.name for layer in self.layers})
         limit = fixed_window(self.extractor, self.sample_rate)
         if limit is not None and spec.window_seconds is not None and spec.window_seconds > limit + 1e-9:
             raise ConfigError(f"window_seconds: {spec.window_seconds} is longer than the {limit:g} s that "
@@ -156,26 +157,43 @@ class TransformersAudio:
         return run_windows(batch["windows"], batch["records"], self.layers, self.spec.batch_size, self._encode)
 
     def _encode(self, stacked: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        inputs = {k: v.to(self.device) for k, v in stacked.items() if k in self.accepted}
-        with forward_context(self.device, self.spec.precision):
-            out, pooled, embeds = self._run(inputs)
+        raw = self.run_graph({k: v for k, v in stacked.items() if k in self.accepted})
         valid = self._valid_frames(stacked)
         result: dict[str, list[torch.Tensor]] = {}
         for layer in self.layers:
-            if layer.name == EMBEDS:
-                result[layer.name] = list(embeds.flatten(1))
+            value = raw[layer.name]
+            if layer.name in (EMBEDS, POOLER):
+                result[layer.name] = list(value.flatten(1))
                 continue
-            if layer.name == POOLER:
+            if value.dim() == 4:  # (batch, channels, freq, time) spectrogram-like towers
+                value = channels_first_frames(value)
+            result[layer.name] = [s[:n] if n is not None else s for s, n in zip(value, valid)]
+        return result
+
+    def run_graph(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The requested layers' raw outputs (frames before pooling) for a stack of windows."""
+        return on_device(self._raw, feed, self.device, self.spec.precision)
+
+    def _raw(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out, pooled, embeds = self._run(inputs)
+        raw: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            if name == EMBEDS:
+                raw[name] = embeds
+            elif name == POOLER:
                 if pooled is None:
                     raise ConfigError(f"output_layers: {self.spec.model_name} gives no pooler_output")
-                result[layer.name] = list(pooled.flatten(1))
-                continue
-            match = HIDDEN.match(layer.name)
-            steps = out.hidden_states[int(match.group(1))] if match else out.last_hidden_state
-            if steps.dim() == 4:  # (batch, channels, freq, time) spectrogram-like towers
-                steps = channels_first_frames(steps)
-            result[layer.name] = [s[:n] if n is not None else s for s, n in zip(steps, valid)]
-        return result
+                raw[name] = pooled
+            else:
+                match = HIDDEN.match(name)
+                raw[name] = out.hidden_states[int(match.group(1))] if match else out.last_hidden_state
+        return raw
+
+    def graph(self, inputs: Sequence[str]) -> Graph:
+        fixed = fixed_window(self.extractor, self.sample_rate) is not None  # Whisper, AST, CLAP: fixed-size inputs
+        return Graph(GraphModule(self.model, self._raw, inputs, self.names),
+                     batch_axes(inputs) if fixed else sequence_axes(inputs),
+                     {"model_class": type(self.model).__name__, "encoder_class": type(self.encoder).__name__})
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor | None, torch.Tensor | None]:
         """The encoder's output, its own pooler_output, and `get_audio_features` when `audio_embeds` is asked for:

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from ..config.schema import TextModelSpec
-from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
 from .base import Layer
+from .graph import Graph, GraphModule, on_device, sequence_axes
 from .pooling import pool, to_numpy
 from .text_common import count_truncated, token_limit
 
@@ -91,6 +91,7 @@ class TransformersText:
         self.layers = parse_layers(spec, num_hidden + 1 if num_hidden is not None else None)
         self.limit = token_limit(self.tokenizer, self.model.config, spec.max_length)
         self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
+        self.names = sorted({layer.name for layer in self.layers})
         self.truncated = 0
         self._check_outputs()
 
@@ -114,32 +115,42 @@ class TransformersText:
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
         self.truncated += batch["truncated"]
-        inputs = {k: v.to(self.device) for k, v in batch["inputs"].items()}
+        raw = self.run_graph(dict(batch["inputs"]))
+        mask = batch["inputs"]["attention_mask"].to(self.device)
+        result: dict[str, Sequence[np.ndarray]] = {}
+        for layer in self.layers:
+            value = raw[layer.name]
+            pooled = layer.name in TOKEN_LAYERS or HIDDEN.match(layer.name)
+            result[layer.folder] = to_numpy(pool(value, mask, layer.pooling) if pooled else value)
+        return result
+
+    def run_graph(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The requested layers' raw outputs (tokens before pooling) for a tokenised batch."""
+        return on_device(self._raw, feed, self.device, self.spec.precision)
+
+    def _raw(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         captured: dict[str, Any] = {}
         hook = None
         if self.base is not self.model:  # task model: the base model's own outputs, captured in the same pass
             hook = self.base.register_forward_hook(lambda _m, _i, out: captured.setdefault("base", out))
         try:
-            with forward_context(self.device, self.spec.precision):
-                out = self.model(**inputs, output_hidden_states=self.need_hidden, return_dict=True)
+            out = self.model(**inputs, output_hidden_states=self.need_hidden, return_dict=True)
         finally:
             if hook is not None:
                 hook.remove()
         base = captured.get("base", out)
-        mask = inputs["attention_mask"]
-        result: dict[str, Sequence[np.ndarray]] = {}
-        for layer in self.layers:
-            result[layer.folder] = to_numpy(self._layer(layer, out, base, mask))
-        return result
+        return {name: self._layer(name, out, base) for name in self.names}
 
-    def _layer(self, layer: Layer, out: Any, base: Any, mask: torch.Tensor) -> Any:
-        match = HIDDEN.match(layer.name)
+    @staticmethod
+    def _layer(name: str, out: Any, base: Any) -> torch.Tensor:
+        match = HIDDEN.match(name)
         if match:
-            return pool(out.hidden_states[int(match.group(1))], mask, layer.pooling)
-        if layer.name == "logits":
-            return out.logits
-        value = getattr(base, layer.name)
-        return pool(value, mask, layer.pooling) if layer.name in TOKEN_LAYERS else value
+            return out.hidden_states[int(match.group(1))]
+        return out.logits if name == "logits" else getattr(base, name)
+
+    def graph(self, inputs: Sequence[str]) -> Graph:
+        return Graph(GraphModule(self.model, self._raw, inputs, self.names), sequence_axes(inputs),
+                     {"model_class": type(self.model).__name__})
 
     def describe(self) -> dict[str, Any]:
         return {

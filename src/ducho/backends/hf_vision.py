@@ -18,6 +18,7 @@ from ..errors import ConfigError, bad_value
 from ..media.image import decode_image
 from ..model_store import locate
 from .base import Layer
+from .graph import Graph, GraphModule, batch_axes
 from .hf_text import model_class
 from .pooling import to_numpy
 
@@ -28,6 +29,7 @@ VECTOR_LAYERS = ("pooler_output", "image_embeds", "logits")
 OUTPUT_NAMES = (*VECTOR_LAYERS, *STEP_LAYERS)
 HIDDEN = re.compile(r"^hidden_states\.(-?\d+)$")
 CLS_PARAMETERS = ("cls_token", "class_embedding")  # the CLS token of ViT/DeiT/BEiT/DINOv2 and of CLIP
+PIXELS = "pixel_values"
 PROBE_SIZE = (224, 224)  # (width, height) of the blank image of the probe forward when the processor names none
 
 
@@ -220,6 +222,7 @@ class TransformersVision:
         self.num_hidden_states = len(self.hidden_shapes)
         self.layers = self._parse_layers()
         self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
+        self.names = sorted({layer.name for layer in self.layers})
 
     # -- layers ---------------------------------------------------------------------------------------------------
 
@@ -309,8 +312,12 @@ class TransformersVision:
     # -- extraction -----------------------------------------------------------------------------------------------
 
     def _run(self, pixels: torch.Tensor, hidden: bool) -> dict[str, Any]:
-        """One forward; the model's outputs by name (image_embeds, logits, and the base or image tower's)."""
-        pixels = pixels.to(self.device)
+        """One forward on the model's device and numerics; the model's outputs by name."""
+        with forward_context(self.device, self.spec.precision):
+            return self._fields(pixels.to(self.device), hidden)
+
+    def _fields(self, pixels: torch.Tensor, hidden: bool) -> dict[str, Any]:
+        """The model's outputs by name (image_embeds, logits, and the base or image tower's)."""
         captured: dict[str, Any] = {}
         inner = self.tower if self.clip_like else (self.base if self.base is not self.model else None)
         hook = None
@@ -319,13 +326,11 @@ class TransformersVision:
                 captured.setdefault("inner", {k: getattr(out, k, None) for k in (*OUTPUT_NAMES, "hidden_states")})
             hook = inner.register_forward_hook(keep)
         try:
-            with forward_context(self.device, self.spec.precision):
-                if self.clip_like:
-                    out = self.model.get_image_features(pixel_values=pixels, output_hidden_states=hidden,
-                                                        return_dict=True, **self.extra)
-                else:
-                    out = self.model(pixel_values=pixels, output_hidden_states=hidden, return_dict=True,
-                                     **self.extra)
+            if self.clip_like:
+                out = self.model.get_image_features(pixel_values=pixels, output_hidden_states=hidden,
+                                                    return_dict=True, **self.extra)
+            else:
+                out = self.model(pixel_values=pixels, output_hidden_states=hidden, return_dict=True, **self.extra)
         finally:
             if hook is not None:
                 hook.remove()
@@ -347,18 +352,28 @@ class TransformersVision:
         return torch.stack(list(items))
 
     def forward(self, batch: torch.Tensor) -> dict[str, Sequence[np.ndarray]]:
-        fields = self._run(batch, hidden=self.need_hidden)
+        raw = self.run_graph({PIXELS: batch})
         result: dict[str, Sequence[np.ndarray]] = {}
         for layer in self.layers:
-            match = HIDDEN.match(layer.name)
-            if match:
-                value = reduce(fields["hidden_states"][int(match.group(1))], layer.pooling)
-            elif layer.pooling == "n/a":
-                value = as_vector(fields[layer.name])
-            else:
-                value = reduce(fields[layer.name], layer.pooling)
-            result[layer.folder] = list(to_numpy(value))
+            value = raw[layer.name]
+            result[layer.folder] = list(to_numpy(as_vector(value) if layer.pooling == "n/a"
+                                                 else reduce(value, layer.pooling)))
         return result
+
+    def run_graph(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The requested layers' raw outputs (before pooling) for a batch of images."""
+        return self._select(self._run(feed[PIXELS], hidden=self.need_hidden))
+
+    def _select(self, fields: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {name: fields["hidden_states"][int(name.split(".")[1])] if HIDDEN.match(name) else fields[name]
+                for name in self.names}
+
+    def graph(self, inputs: Sequence[str]) -> Graph:
+        def step(feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return self._select(self._fields(feed[PIXELS], self.need_hidden))
+
+        return Graph(GraphModule(self.model, step, inputs, self.names), batch_axes(inputs),
+                     {"model_class": type(self.model).__name__, "image_features": self.clip_like})
 
     def describe(self) -> dict[str, Any]:
         return {

