@@ -211,3 +211,40 @@ def test_overwrite_removes_the_parts_and_only_ducho_files(tmp_path: Path) -> Non
     assert [p.name for p in parts(tmp_path)] == ["part-00003.parquet"]
     again = open_writer("parquet", tmp_path, "2" * 16, "1" * 64, True, False)
     assert parts(tmp_path) == [] and (tmp_path / "shards" / "mine.parquet").exists() and not again.is_done(3, keys)
+
+
+def test_a_uri_output_gets_every_part_as_its_shard_is_written_and_the_manifest_at_the_end(
+        tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`output_path: <URI>` (fsspec's in-memory file system here; s3://, gs://... go the same way): the parts read
+    back from the URI equal the staging folder's; a changed input's extra parts are removed there too."""
+    import fsspec
+    import pyarrow.dataset as ds
+
+    small_shards(monkeypatch, 4)
+    memory = fsspec.filesystem("memory")
+    uri = "memory://bucket/features"
+    cfg = items_config(tmp_path, "parquet", bert(tiny_bert))
+    cfg["textual"]["items"]["output_path"] = uri
+    ducho.run(cfg, progress=False)
+    layer = "bucket/features/transformers/tiny-bert/pooler_output"
+    assert sorted(p.rsplit("/", 1)[-1] for p in memory.ls(f"/{layer}/shards", detail=False)) == \
+        ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    staging = next((tmp_path / ".ducho-staging").rglob("pooler_output"))
+    remote = ds.dataset(f"/{layer}/shards", filesystem=memory, format="parquet").to_table()
+    assert remote.equals(pq.read_table(staging / "shards"))
+    assert json.loads(memory.cat(f"/{layer}/manifest.json"))["count"] == len(IDS)
+
+    cfg = items_config(tmp_path, "parquet", bert(tiny_bert), [list(row) for row in zip(IDS[:5], TEXTS)])
+    cfg["textual"]["items"]["output_path"] = uri
+    ducho.run(cfg, progress=False)
+    assert len(memory.ls(f"/{layer}/shards")) == 2  # the third part is gone there as here
+    assert json.loads(memory.cat(f"/{layer}/manifest.json"))["count"] == 5
+
+
+def test_a_uri_output_takes_format_parquet(tmp_path: Path) -> None:
+    from ducho.errors import ConfigError
+
+    cfg = items_config(tmp_path, "npy", {"model_name": "x"})
+    cfg["textual"]["items"]["output_path"] = "s3://bucket/features"
+    with pytest.raises(ConfigError, match="textual.items.output_path.*format: parquet"):
+        ducho.run(cfg, progress=False)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import DuchoError
 from .ids import RecordKey
-from .writers import PARQUET_PART, PARQUET_SHARDS, LayerWriter, atomic_write, cast, remove_temporaries
+from .writers import PARQUET_PART, PARQUET_SHARDS, LayerWriter, atomic_write, cast, part_name, remove_temporaries
 
 try:
     import pyarrow as pa
@@ -33,10 +33,6 @@ except ImportError as error:  # pragma: no cover - pyarrow is not a base depende
 
 COMPRESSION = "zstd"
 SHAPE, LAYER, FINGERPRINT, INPUT = b"ducho.shape", b"ducho.layer", b"ducho.fingerprint", b"ducho.input_sha256"
-
-
-def part_name(shard: int) -> str:
-    return f"part-{shard:05d}.parquet"
 
 
 def vector_table(ids: dict[str, Sequence[str]], matrix: np.ndarray, metadata: dict[bytes, bytes]) -> pa.Table:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .backends.registry import check_backend
 from .config.schema import MODALITIES, SOURCES, Config, JointSource, MediaSource, ModelSpec, TextualSource
 from .errors import ConfigError
 from .ids import safe_stem
 from .model_store import PACKAGED, PACKAGED_ONNX
+from .remote import STAGING, is_uri
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Job:
     mapping_path: Path | None = None
     text_path: Path | None = None  # visual_textual: the TSV beside the image folder
     text_output_dir: Path | None = None  # visual_textual: where the text tower's layers go
+    output_uri: str | None = None  # output_path a URI (format parquet): output_dir is its staging folder (`remote`)
 
     @property
     def key(self) -> str:
@@ -90,9 +93,10 @@ def build_plan(config: Config) -> list[Job]:
                 backend = spec.backend or default_backend(modality, spec.model_name)
                 check_backend(modality, backend, f"{modality}.{source}.model.{index}.backend")
                 model = Path(backend) / model_folder(spec.model_name)
-                paths = _joint_paths(base, settings, model) if modality == "visual_textual" else \
-                    {"input_path": base / settings.input_path, "output_dir": base / settings.output_path / model}
                 fmt, dtype = settings.format or config.format, settings.dtype or config.dtype
+                paths = _joint_paths(base, settings, model) if modality == "visual_textual" else \
+                    {"input_path": base / settings.input_path, **_output(base, settings.output_path, model, fmt,
+                                                                           f"{modality}.{source}.output_path")}
                 if fmt == "sparse" and dtype == "float16":
                     raise ConfigError(f"{modality}.{source}: format sparse stores float32 (scipy.sparse has no "
                                       "float16); use dtype float32, or format npy, matrix or parquet")
@@ -108,11 +112,25 @@ def build_plan(config: Config) -> list[Job]:
     return jobs
 
 
+def _output(base: Path, output_path: str, model: Path, fmt: str, key: str) -> dict[str, Any]:
+    """The job's output folder; for a URI (format parquet) a staging folder under dataset_path and the URI."""
+    if not is_uri(output_path):
+        return {"output_dir": base / output_path / model}
+    if fmt != "parquet":
+        raise ConfigError(f"{key}: {output_path!r} is a URI; a URI takes format: parquet (format is {fmt!r}; npy, "
+                          "matrix and sparse write to a folder)")
+    return {"output_dir": base / STAGING / safe_stem(output_path.rstrip("/")) / model,
+            "output_uri": f"{output_path.rstrip('/')}/{model.as_posix()}"}
+
+
 def _joint_paths(base: Path, settings: JointSource, model: Path) -> dict[str, Path]:
     """Image folder and TSV; image and fused layers under the visual (or single) output path, text layers under
     the textual one."""
     out = settings.output_path
     visual, textual = (out, out) if isinstance(out, str) else (out.visual, out.textual)
+    if is_uri(visual) or is_uri(textual):
+        raise ConfigError(f"visual_textual output_path {out!r}: a URI output is for the other modalities (one "
+                          "output folder per job); give visual_textual a folder")
     return {"input_path": base / settings.input_path.visual, "text_path": base / settings.input_path.textual,
             "output_dir": base / visual / model, "text_output_dir": base / textual / model}
 

@@ -29,15 +29,18 @@ from .incremental import Changes, open_previous, write_records
 from .loading import DecodeStream, Decoding, plan_decoding
 from .logs import run_log
 from .plan import Job, build_plan
+from .remote import Mirror
 from .shards import Batch, Extracted, batches, extract, loaded, prepare, shard_records
 from .sources import Source, open_source
 from .sources.base import Record, Skip
 from .streams import WriteQueue, prefetch
 from .writers import (
+    PARQUET_SHARDS,
     PREVIOUS,
     LayerWriter,
     atomic_write,
     open_writer,
+    part_name,
     remove_temporaries,
     write_failures,
     write_manifest,
@@ -122,6 +125,8 @@ class JobOutputs:
         self.incremental = all(p is not None for p in previous.values())
         self.changes = Changes()
         self.shards = 0  # shards of the input (an incremental run with on_removed: keep adds one after them)
+        # output_path a URI: what is written here (a staging folder) is copied there, part by part (`remote`)
+        self.mirror = Mirror(job.output_uri, job.output_dir) if job.output_uri is not None else None
         self.writers = {folder: open_writer(job.format, job.layer_dir(folder), fingerprint, self.input_sha,
                                             config.overwrite, job.source == "interactions", job.dtype,
                                             previous[folder] if self.incremental else None)
@@ -184,6 +189,13 @@ class JobOutputs:
     def end_shard(self, shard: int, size: int) -> None:
         for writer in self.writers.values():
             self.sink.submit(writer.end_chunk, shard, size)
+            if self.mirror is not None:
+                self.sink.submit(self._upload, writer, shard)
+
+    def _upload(self, writer: LayerWriter, shard: int) -> None:
+        part = writer.folder / PARQUET_SHARDS / part_name(shard)
+        if part.is_file():  # none when every record of the shard failed
+            self.mirror.put(part)
 
     def close(self) -> JobResult:
         """Wait for the writes, then the counts, `complete` manifests, failures.tsv and the summary line."""
@@ -199,6 +211,9 @@ class JobOutputs:
                                                          len(result.skipped)))
             shutil.rmtree(writer.folder / PREVIOUS, ignore_errors=True)
         write_failures(job.output_dir / "failures.tsv", [(s.label, s.origin, s.reason) for s in result.skipped])
+        if self.mirror is not None:
+            self.mirror.sync([writer.folder for writer in self.writers.values()], job.output_dir / "failures.tsv")
+            log.info("%s: copied to %s", job.key, job.output_uri)
         result.seconds = time.perf_counter() - self.started
         rate = result.extracted / result.seconds if result.seconds else 0.0
         truncated = self.extractor.describe().get("truncated_texts")

@@ -33,6 +33,13 @@ RECORDS = "records.tsv"  # stem and input digest of each record of a complete la
 PREVIOUS = ".previous"  # the complete output an incremental run takes unchanged records from (`incremental`)
 PARQUET_SHARDS = "shards"  # format parquet: the folder of a layer's part files
 PARQUET_PART = re.compile(r"part-(?P<index>\d{5,})\.parquet")
+
+
+def part_name(shard: int) -> str:
+    """The Parquet part of a shard (`format: parquet`)."""
+    return f"part-{shard:05d}.parquet"
+
+
 _TEMPORARY = re.compile(r"\..+\.(?P<pid>\d+)\.\d+\.tmp")
 
 
