@@ -101,7 +101,9 @@ def test_rst_tables_become_markdown() -> None:
 
 def test_every_docs_config_is_shown_and_marked() -> None:
     shown = {name for page in DOCS.rglob("*.md") for name in SNIPPET.findall(page.read_text(encoding="utf-8"))}
-    assert shown == {config.name for config in CONFIGS}
+    readme = {name for name in shown if name.startswith("README.md:")}  # sections of the README, not configs
+    assert shown - readme == {config.name for config in CONFIGS}
+    assert readme and all(f"[start:{name.split(':')[1]}]" in (DOCS.parent / "README.md").read_text() for name in readme)
     assert {_mark(config) for config in CONFIGS} <= set(MARKS), [_mark(c) for c in CONFIGS]
     for modality, backends in {"textual": 5, "visual": 5, "audio": 4, "visual_textual": 2}.items():
         assert len([c for c in CONFIGS if c.name.startswith(modality + "-")]) == backends, modality
@@ -123,8 +125,10 @@ def test_docs_config(config: Path, demo_output: Path) -> None:
 
 
 def test_inline_yaml_blocks_are_valid_config() -> None:
-    """Config fragments written in the pages (not included from docs/configs) load as configs."""
-    blocks = [(page, block) for page in DOCS.rglob("*.md") for block in FENCE.findall(page.read_text("utf-8"))
+    """Config fragments written in the pages or the README sections they show (not included from docs/configs)
+    load as configs."""
+    pages = [*DOCS.rglob("*.md"), DOCS.parent / "README.md"]
+    blocks = [(page, block) for page in pages for block in FENCE.findall(page.read_text("utf-8"))
               if not SNIPPET.search(block)]
     assert blocks, "the cluster page shows a ray section"
     for page, block in blocks:
