@@ -18,7 +18,7 @@ export NO_MKDOCS_2_WARNING ?= 1
 install: $(STAMP)
 
 $(STAMP):
-	scripts/install.sh --venv $(VENV) --python $(PYTHON) --editable --extras $(EXTRAS)
+	scripts/install.sh --venv $(VENV) --python $(PYTHON) --editable --no-compile --extras $(EXTRAS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -244,6 +244,10 @@ def test_actor_sizing_defaults() -> None:
     assert (asked.actors, asked.cpus_per_actor, asked.actors_per_node) == (4, 2, 2)
     # decoding tasks: what the CPUs left hold, never the actor count (Ray Data would fuse decoding into the actors)
     assert (gpus.decode_tasks, cpus.decode_tasks, small.decode_tasks, asked.decode_tasks) == (24, 2 + 1, 3, 8)
+    few = cpus.capped(1)  # one batch to run: one actor
+    assert (few.actors, few.cpus_per_actor, few.decode_tasks) == (1, 7, 3)
+    crowded = plan_sizing(RaySettings(), [{"CPU": 9, "GPU": 8}], decodes=True)  # one CPU left for decoding
+    assert (crowded.decode_tasks, crowded.capped(1).actors, crowded.capped(1).decode_tasks) == (1, 1, 2)
 
 
 def test_a_file_that_crashes_its_decoder_costs_only_itself(cluster: object) -> None:

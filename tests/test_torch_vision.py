@@ -314,6 +314,7 @@ def test_residual_sums_run_in_place_with_the_same_bits() -> None:
         assert add_into_first(half, torch.ones(3)).dtype == torch.float32  # promotion: new tensor
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # no GPU here: the autocast is a no-op
 def test_fp32_on_cuda_turns_tf32_off_for_the_forward_only() -> None:
     """cuDNN's TF32 (on by default in torch) would make `precision: fp32` convolutions 10-bit-mantissa on a GPU."""
     import torch

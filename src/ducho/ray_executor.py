@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ class Sizing:
     actors_per_node: int  # without GPUs an actor's torch threads share its node's cores with the others there
     decode_cpus: float
     decode_tasks: int  # the cap on decoding tasks at once: what the CPUs hold, and never the actor count (see below)
+
+    def capped(self, batches: int) -> Sizing:
+        """No more actors than batches to run (an idle actor builds its model for nothing)."""
+        actors = min(self.actors, max(1, batches))
+        return replace(self, actors=actors, decode_tasks=self.decode_tasks + (self.decode_tasks == actors))
 
 
 def plan_sizing(settings: RaySettings, nodes: list[dict[str, float]], decodes: bool) -> Sizing:
@@ -158,7 +163,7 @@ class RayExecutor:
             for batch in batches(index, records, job.spec.batch_size, extractor.sort_key, todo):
                 work.append({"batch": pickle.dumps(batch)})
                 left[index] += 1
-        sizing = plan_sizing(self.settings, self.nodes, extractor.loader is not None)
+        sizing = plan_sizing(self.settings, self.nodes, extractor.loader is not None).capped(len(work))
         log.info("%s: %d batch(es) of %d shard(s) to run (%d records done), %d actor(s) x %s CPU %s GPU, decoding "
                  "tasks %s CPU", job.key, len(work), len(sizes), outputs.result.resumed, sizing.actors,
                  sizing.cpus_per_actor, sizing.gpus_per_actor, sizing.decode_cpus)
