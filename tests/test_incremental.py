@@ -187,3 +187,22 @@ def test_an_interrupted_incremental_run_resumes_to_the_same_files(
     write_tsv(fresh / "in.tsv", ["item_id", "text"], after)
     ducho.run(text_config(fresh, tiny_bert, fmt, 1), progress=False)
     assert outputs(incremental / "out") == outputs(fresh / "out")
+
+
+def test_interactions_from_a_mapping_recompute_only_the_pairs_added(tmp_path: Path, tiny_vit: Path) -> None:
+    """A file's digest is its path in the folder, not its line in the mapping: a line added above moves the others'
+    lines, not their digests."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    for n in range(7):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / f"f{n}.png")
+    pairs = [[f"f{n}.png", f"u{n % 3}", f"i{n}"] for n in range(1, 7)]
+    config = {"dataset_path": str(tmp_path), "device": "cpu", "workers": 0, "visual": {"interactions": {
+        "input_path": "images", "output_path": "out", "mapping_path": "pairs.tsv", "model": [
+            {"model_name": str(tiny_vit), "backend": "transformers", "batch_size": 1}]}}}
+    write_tsv(tmp_path / "pairs.tsv", ["file", "user", "item"], pairs)
+    assert ducho.run(config, progress=False).jobs[0].extracted == 6
+    write_tsv(tmp_path / "pairs.tsv", ["file", "user", "item"], [["f0.png", "u9", "i0"], *pairs])
+    job = ducho.run(config, progress=False).jobs[0]
+    assert (job.extracted, job.resumed) == (1, 6)
+    assert manifests(tmp_path / "out")[0]["incremental"] == {"new": 1, "changed": 0, "removed": 0, "unchanged": 6}

@@ -76,8 +76,9 @@ def on_ray(address: str) -> dict:
 
 
 def test_a_cluster_started_by_the_run_and_strict_mode(tmp_path: Path, tiny_bert: Path) -> None:
-    """address local (the default) starts a 2-CPU cluster inside the run; in strict mode a bad image stops the job
-    (listed in failures.tsv otherwise, as the next test shows)."""
+    """address local (the default) starts a 2-CPU cluster inside the run (a new one, even where
+    /tmp/ray/ray_current_cluster names another, which ray.init without an address would join); in strict mode a bad
+    image stops the job (listed in failures.tsv otherwise, as the next test shows)."""
     from ducho.errors import StrictModeError
 
     texts(tmp_path, 3)

@@ -104,7 +104,9 @@ class RayExecutor:
         started = time.perf_counter()
         if address == "local":
             # workers of a cluster started here inherit this environment (a runtime_env would cost a start-up)
-            ray.init(num_cpus=self.settings.num_cpus, include_dashboard=False, log_to_driver=False,
+            # address "local": a new cluster even where another one runs on this machine (ray.init without an
+            # address would join the one /tmp/ray/ray_current_cluster names, and refuse num_cpus)
+            ray.init(address="local", num_cpus=self.settings.num_cpus, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
         else:
             _check_reachable(address)

@@ -71,8 +71,9 @@ class MediaFolder:
         return digest.hexdigest()
 
     def digest(self, record: Record) -> str:
-        """The file's place in the input, size and modification time (as make and rsync tell a changed file)."""
-        return file_digest(record.payload, record.origin)
+        """The file's path in the input folder, size and modification time (as make and rsync tell a changed
+        file); not its line in a mapping, which moves when lines are added above it."""
+        return file_digest(record.payload, os.path.relpath(record.payload, self.folder))
 
     # items ---------------------------------------------------------------------------------------------------
     def _scan_folder(self) -> MediaScan:
