@@ -56,7 +56,7 @@ class Mirror:
         relative = local.relative_to(self.staging).as_posix()
         target = f"{self.root}/{relative}"
         info = self.fs.get_file_info(target)
-        if info.size == local.stat().st_size and relative.startswith(tuple(self._parts_prefixes())):
+        if f"/{PARQUET_SHARDS}/" in relative and info.size == local.stat().st_size:
             return  # a part is immutable once written: same name and size is the same part
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         with local.open("rb") as source, self.fs.open_output_stream(target) as sink:
@@ -65,6 +65,8 @@ class Mirror:
     def sync(self, layers: list[Path], failures: Path) -> None:
         """At the end of the job: every part, records.tsv and the manifest of each layer (manifest last), the
         failures, and no part the layer no longer has."""
+        from pyarrow import fs
+
         for folder in layers:
             shards = folder / PARQUET_SHARDS
             parts = sorted(p for p in shards.iterdir() if PARQUET_PART.fullmatch(p.name)) if shards.is_dir() else []
@@ -72,8 +74,6 @@ class Mirror:
                 self.put(part)
             remote = f"{self.root}/{folder.relative_to(self.staging).as_posix()}/{PARQUET_SHARDS}"
             keep = {p.name for p in parts}
-            from pyarrow import fs
-
             for info in self.fs.get_file_info(fs.FileSelector(remote, allow_not_found=True)):
                 name = info.path.rsplit("/", 1)[-1]
                 if PARQUET_PART.fullmatch(name) and name not in keep:
@@ -83,7 +83,3 @@ class Mirror:
                     self.put(folder / name)
         if failures.is_file():
             self.put(failures)
-
-    def _parts_prefixes(self) -> list[str]:
-        return [f"{p.relative_to(self.staging).as_posix()}/{PARQUET_SHARDS}/"
-                for p in self.staging.iterdir() if p.is_dir()]
