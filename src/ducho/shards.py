@@ -6,6 +6,7 @@ call these functions, so both give the same batches and so the same vectors."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,13 +79,18 @@ def shard_records(source: Source, scan: Any, spec: Any) -> Iterator[tuple[int, l
 def batches(shard: int, records: list[Record], batch_size: int, sort_key: Callable[[Any], int] | None,
             positions: list[int] | None = None) -> list[Batch]:
     """The shard's batches (of the records at `positions`, default all): records sorted by size, longest first
-    (stable, so equal sizes keep input order), cut every `batch_size`. Without a sort key (decoding started before
-    the model was built) input order."""
+    (stable, so equal sizes keep input order), cut every `batch_size` and where the size changes (a size is what a
+    record is padded to, so a record's padding never depends on its neighbours). Without a sort key (decoding
+    started before the model was built; models whose inputs have one shape) input order."""
     order = list(range(len(records))) if positions is None else list(positions)
-    if sort_key is not None:
-        order.sort(key=lambda i: -sort_key(records[i].payload))
-    return [Batch(shard, [records[i] for i in order[s:s + batch_size]], order[s:s + batch_size])
-            for s in range(0, len(order), batch_size)]
+    if sort_key is None:
+        return [Batch(shard, [records[i] for i in order[s:s + batch_size]], order[s:s + batch_size])
+                for s in range(0, len(order), batch_size)]
+    sizes = {i: sort_key(records[i].payload) for i in order}
+    order.sort(key=lambda i: -sizes[i])
+    groups = [list(group) for _, group in itertools.groupby(order, key=sizes.__getitem__)]
+    return [Batch(shard, [records[i] for i in group[s:s + batch_size]], group[s:s + batch_size])
+            for group in groups for s in range(0, len(group), batch_size)]
 
 
 def decode(loader: Callable[[Any], Any] | None, batch: Batch) -> list[Any]:
@@ -104,7 +110,11 @@ def loaded(batch: Batch, items: list[Any]) -> tuple[Batch, list[Any], list[Skip]
 
 
 def prepare(extractor: Extractor, items: list[Any]) -> Any:
-    """The model-ready batch, or the error (then each record is tried alone)."""
+    """The model-ready batch, or the error (then each record is tried alone). For a model with `batch_rows`, the
+    items are filled up to that many rows with copies of the last one (the forward's extra outputs are dropped)."""
+    rows = getattr(extractor, "batch_rows", None)
+    if rows and items:
+        items = items + items[-1:] * (rows - len(items))
     try:
         return extractor.prepare(items)
     except Exception as error:
@@ -124,6 +134,7 @@ def extract(extractor: Extractor, normalize: bool, batch: Batch, items: list[Any
             result.extend(extract(extractor, normalize, Batch(batch.shard, [record], [position]), [item],
                                   prepare(extractor, [item])))
         return result
+    outputs = {folder: arrays[:len(batch.records)] for folder, arrays in outputs.items()}  # without the fill rows
     keep = []
     for i, record in enumerate(batch.records):
         bad = next((folder for folder, arrays in outputs.items() if not np.isfinite(arrays[i]).all()), None)

@@ -19,12 +19,28 @@ class Layer:
     pooling: str = "n/a"
 
 
+MIN_ROWS = 8
+"""A matmul with one row per record (a CNN's classifier, a BERT pooler, a projection head) gives a row other bits when
+it has fewer than 4 rows (MKL/oneDNN pick other kernels; measured on ResNet-18/50, MobileNetV3 and BERT poolers);
+from 4 rows up a row's bits do not depend on the other rows or their number. Short batches are filled up to 8 rows
+(or the batch size, if smaller), so a record computed again in another batch (an incremental or resumed run, a
+failing batch's records one by one) gets the bits it had."""
+
+
+def filled_rows(batch_size: int) -> int:
+    return min(batch_size, MIN_ROWS)
+
+
 class Extractor(Protocol):
     """Built once per model; `prepare` runs off the main thread, `forward` gives every layer in one pass."""
 
     layers: tuple[Layer, ...]
     loader: Callable[[Any], Any] | None
     """Per record, in worker processes: decode and preprocess a payload (a file path); None for texts."""
+
+    batch_rows: int | None
+    """A short batch is filled up to this many rows (copies of its last record; their outputs dropped):
+    `filled_rows(batch_size)` for image and text models, None where rows are not records (audio windows)."""
 
     def prepare(self, payloads: Sequence[Any]) -> Any:
         """Turn payloads (texts) or loaded records (preprocessed images...) into a model-ready batch."""
@@ -36,7 +52,8 @@ class Extractor(Protocol):
         """Facts for the manifest: model id, where it was loaded from, revision or file hashes, preprocessing."""
 
     def sort_key(self, payload: Any) -> int:
-        """A cheap size of a payload; batches are formed from payloads of similar size."""
+        """The size a payload is padded to (texts: `text_common.padded_length`; 0 where inputs have one shape).
+        Batches hold payloads of one size, longest first, so a record's padding never depends on its neighbours."""
 
 
 class FittedExtractor(Extractor, Protocol):

@@ -366,7 +366,7 @@ class HandcraftedText:
         return {VOCABULARY_FILE: self.vocabulary} if self.vocabulary is not None else {}
 
     def sort_key(self, payload: str) -> int:
-        return len(payload)
+        return 0  # every text's features are computed alone
 
     def dimensions(self) -> dict[str, int]:
         """Per family, the vector length (tfidf: the vocabulary size once fitted or loaded, else max_features)."""

@@ -23,10 +23,10 @@ from ..config.schema import JointModelSpec
 from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
-from .base import Layer
+from .base import Layer, filled_rows
 from .hf_vision import ImageLoader
 from .pooling import pool
-from .text_common import count_truncated, token_limit
+from .text_common import count_truncated, padded_width, token_limit
 
 log = logging.getLogger("ducho")
 
@@ -107,6 +107,7 @@ class TransformersJoint:
         self.layers = parse_layers(spec)
         self._check_hidden_ranges()
         self.truncated = 0
+        self.batch_rows = filled_rows(spec.batch_size)
 
     def _check_hidden_ranges(self) -> None:
         for layer in self.layers:
@@ -121,11 +122,12 @@ class TransformersJoint:
                                   f"{count + 1} hidden states ({tower}.hidden_states.0 .. {count}, or negative)")
 
     def sort_key(self, payload: tuple[str, str]) -> int:
-        return len(payload[1])
+        return padded_width(self.tokenizer, [payload[1]], self.limit)
 
     def prepare(self, items: Sequence[tuple[torch.Tensor, str]]) -> dict[str, Any]:
         texts = [text for _, text in items]
-        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.limit, return_tensors="pt")
+        width = padded_width(self.tokenizer, texts, self.limit)
+        encoded = self.tokenizer(texts, padding="max_length", truncation=True, max_length=width, return_tensors="pt")
         lengths = encoded["attention_mask"].sum(dim=1).tolist() if "attention_mask" in encoded else \
             [encoded["input_ids"].shape[1]] * len(texts)
         return {"pixels": torch.stack([pixels for pixels, _ in items]), "text": encoded,

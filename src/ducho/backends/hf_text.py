@@ -13,10 +13,10 @@ import torch
 from ..config.schema import TextModelSpec
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
-from .base import Layer
+from .base import Layer, filled_rows
 from .graph import Graph, GraphModule, on_device, sequence_axes
 from .pooling import pool, to_numpy
-from .text_common import count_truncated, token_limit
+from .text_common import count_truncated, padded_width, token_limit
 
 log = logging.getLogger("ducho")
 
@@ -93,6 +93,7 @@ class TransformersText:
         self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
         self.names = sorted({layer.name for layer in self.layers})
         self.truncated = 0
+        self.batch_rows = filled_rows(spec.batch_size)
         self._check_outputs()
 
     def _check_outputs(self) -> None:
@@ -105,10 +106,11 @@ class TransformersText:
                               f"{self.spec.model_name} was loaded as {type(self.model).__name__}")
 
     def sort_key(self, payload: str) -> int:
-        return len(payload)
+        return padded_width(self.tokenizer, [payload], self.limit)
 
     def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.limit,
+        width = padded_width(self.tokenizer, texts, self.limit)
+        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=width,
                                  return_tensors="pt")
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         return {"inputs": encoded, "truncated": count_truncated(self.tokenizer, texts, lengths, self.limit)}

@@ -25,8 +25,9 @@ from ..config.schema import TextModelSpec
 from ..errors import ConfigError, ModelNotFoundError, did_you_mean
 from ..model_store import file_hashes
 from . import keras_common as common
-from .base import Layer
+from .base import Layer, filled_rows
 from .pooling import pool, to_numpy
+from .text_common import PADDING, padded_length
 
 SEQUENCE, POOLED = "sequence_output", "pooled_output"
 HIDDEN = re.compile(r"^transformer_layer_(\d+)$")
@@ -145,6 +146,7 @@ class KerasText:
         signature = {name: tf.TensorSpec((None, None), tf.int32) for name in self.backbone.input}
         self.graph = common.traced_call(self.extractor, signature)
         self.truncated = 0
+        self.batch_rows = filled_rows(spec.batch_size)
         self.model_facts = self._model_facts()  # hashed once: describe() runs for every manifest
 
     def _symbolic_outputs(self) -> dict[str, Any]:
@@ -168,21 +170,21 @@ class KerasText:
         return tuple(layers)
 
     def sort_key(self, payload: str) -> int:
-        return len(payload)
+        return padded_length(len(self._rows([payload])[0][0]), self.limit)
 
-    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer.tokenize(list(texts))
-        ids = ids.to_list() if hasattr(ids, "to_list") else ids
-        return [np.asarray(row, dtype=np.int64).tolist() for row in ids]
-
-    def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
-        """Tokenize, add the start/end tokens, truncate to the limit, pad to the longest text of the batch."""
+    def _rows(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Start + ids + end per text, cut at the limit; and how many texts were cut."""
         start = [self.special["start"]] if self.special["start"] is not None else []
         end = [self.special["end"]] if self.special["end"] is not None else []
         room = self.limit - len(start) - len(end)
-        ids = self._ids(texts)
-        rows = [start + row[:room] + end for row in ids]
-        width = max(len(row) for row in rows)
+        ids = self.tokenizer.tokenize(list(texts))
+        ids = [np.asarray(row, dtype=np.int64).tolist() for row in (ids.to_list() if hasattr(ids, "to_list") else ids)]
+        return [start + row[:room] + end for row in ids], sum(len(row) > room for row in ids)
+
+    def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Tokenize, add the start/end tokens, truncate to the limit, pad to a multiple of 8 tokens."""
+        rows, truncated = self._rows(texts)
+        width = padded_length(max(len(row) for row in rows), self.limit)
         token_ids = np.full((len(rows), width), self.special["pad"], dtype=np.int32)
         mask = np.zeros((len(rows), width), dtype=np.int32)
         for i, row in enumerate(rows):
@@ -190,7 +192,7 @@ class KerasText:
         inputs = {"token_ids": token_ids, "padding_mask": mask}
         if "segment_ids" in self.inputs:
             inputs["segment_ids"] = np.zeros_like(token_ids)
-        return {"inputs": inputs, "truncated": sum(len(row) > room for row in ids)}
+        return {"inputs": inputs, "truncated": truncated}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:
         import tensorflow as tf
@@ -227,7 +229,7 @@ class KerasText:
             "model_class": type(self.backbone).__name__,
             "tokenizer_class": type(self.tokenizer).__name__,
             "capture": "keras.Model(backbone.input, [layer outputs]) in one tf.function (any batch shape)",
-            "packing": "start + ids + end, padded to the longest text of the batch",
+            "packing": f"start + ids + end, padded {PADDING}",
             "max_length": self.limit,
             "truncated_texts": self.truncated,
             "keras_hub_version": self.keras_hub.__version__,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from ..hashing import file_sha256
 from ..preprocess.image import ImagePipeline, with_overrides
 from .audio_common import AudioLoader, audio_pooling, channels_first_frames, make_windows, run_windows, windowing
 from .audio_common import preprocessing as audio_preprocessing
-from .base import Layer
+from .base import Layer, filled_rows
 from .pooling import pool, pool_spatial, to_numpy
-from .text_common import VERY_LARGE, count_truncated
+from .text_common import PADDING, VERY_LARGE, count_truncated, padded_width
 
 log = logging.getLogger("ducho")
 
@@ -184,6 +183,7 @@ class OnnxVision(OnnxModel):
         super().__init__(spec, device)
         self.input = self.input_node()
         self.loader = with_overrides(self._default_pipeline(), spec)
+        self.batch_rows = filled_rows(spec.batch_size)
         pooling = spec.pooling or "none"
         if pooling == "cls":
             raise bad_value("pooling", pooling, ["avg", "mean", "max", "none"], what="pooling of a feature map")
@@ -286,16 +286,18 @@ class OnnxText(OnnxModel):
         self.layers = tuple(Layer(name, name, pooling if self.rank(name) == 3 else "n/a")
                             for name in self.output_names())
         self.truncated = 0
+        self.batch_rows = filled_rows(spec.batch_size)
 
     def _tokenizer_limit(self) -> int:
         limit = getattr(self.tokenizer, "model_max_length", None)
         return int(limit) if limit and limit < VERY_LARGE else DEFAULT_MAX_LENGTH
 
     def sort_key(self, payload: str) -> int:
-        return len(payload)
+        return padded_width(self.tokenizer, [payload], self.limit)
 
     def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.limit,
+        width = padded_width(self.tokenizer, texts, self.limit)
+        encoded = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=width,
                                  return_tensors="np")
         mask = np.asarray(encoded["attention_mask"])
         feed = {name: self.cast(name, encoded[name] if name in encoded else np.zeros_like(mask))
@@ -313,7 +315,8 @@ class OnnxText(OnnxModel):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "tokenizer": self.tokenizer_origin, "max_length": self.limit,
-                "truncated_texts": self.truncated, "preprocessing": {"padding": "per batch", "max_length": self.limit}}
+                "truncated_texts": self.truncated,
+                "preprocessing": {"padding": PADDING, "max_length": self.limit}}
 
 
 class OnnxAudio(OnnxModel):
@@ -347,10 +350,7 @@ class OnnxAudio(OnnxModel):
         return 2 if len(shape) == 3 and isinstance(shape[1], int) and not isinstance(shape[2], int) else 1
 
     def sort_key(self, payload: Any) -> int:
-        try:
-            return os.path.getsize(payload)
-        except (OSError, TypeError):
-            return 0
+        return 0  # windows of one length, stacked across records
 
     def prepare(self, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return list(items)

@@ -16,7 +16,7 @@ from ..config.schema import JointModelSpec
 from ..device import forward_context
 from ..errors import ConfigError, ModelNotFoundError, did_you_mean
 from ..media.image import decode_image
-from .base import Layer
+from .base import Layer, filled_rows
 from .hf_joint import fuse, parse_layers
 from .torch_common import RANDOM_WEIGHTS, file_sha256, seeded
 
@@ -92,13 +92,14 @@ class OpenClipJoint:
         self.model = model.eval().to(device)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.loader = OpenClipPairLoader(transform)
+        self.batch_rows = filled_rows(spec.batch_size)
         self.layers: tuple[Layer, ...] = parse_layers(spec)
         self.source = {"requested": spec.model_name, "architecture": arch, "weights": weights or "random (seeded)"}
         if weights and Path(weights).expanduser().is_file():
             self.source["weights_sha256"] = file_sha256(weights)
 
     def sort_key(self, payload: tuple[str, str]) -> int:
-        return len(payload[1])
+        return 0  # open_clip pads every text to the context length
 
     def prepare(self, items: Sequence[tuple[torch.Tensor, str]]) -> dict[str, torch.Tensor]:
         return {"pixels": torch.stack([pixels for pixels, _ in items]),

@@ -12,9 +12,9 @@ import torch
 from ..config.schema import TextModelSpec
 from ..device import forward_context
 from ..model_store import locate
-from .base import Layer
+from .base import Layer, filled_rows
 from .pooling import pool, to_numpy
-from .text_common import count_truncated
+from .text_common import count_truncated, padded_width
 
 log = logging.getLogger("ducho")
 
@@ -55,12 +55,15 @@ class SentenceTransformersText:
         self.layers = parse_layers(spec)
         self.limit = int(self.model.max_seq_length)
         self.truncated = 0
+        self.batch_rows = filled_rows(spec.batch_size)
 
     def sort_key(self, payload: str) -> int:
-        return len(payload)
+        return padded_width(self.model.tokenizer, [payload], self.limit)
 
     def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
-        features = self.model.preprocess(list(texts))
+        width = padded_width(self.model.tokenizer, texts, self.limit)
+        features = self.model.preprocess(list(texts), processing_kwargs={
+            "text": {"padding": "max_length", "max_length": width}})
         lengths = features["attention_mask"].sum(dim=1).tolist()
         return {"inputs": features, "truncated": count_truncated(self.model.tokenizer, texts, lengths, self.limit)}
 
