@@ -21,10 +21,11 @@ class Layer:
 
 MIN_ROWS = 8
 """A matmul with one row per record (a CNN's classifier, a BERT pooler, a projection head) gives a row other bits when
-it has fewer than 4 rows (MKL/oneDNN pick other kernels; measured on ResNet-18/50, MobileNetV3 and BERT poolers);
-from 4 rows up a row's bits do not depend on the other rows or their number. Short batches are filled up to 8 rows
-(or the batch size, if smaller), so a record computed again in another batch (an incremental or resumed run, a
-failing batch's records one by one) gets the bits it had."""
+it has fewer than 4 rows (MKL/oneDNN pick other kernels; measured on ResNet-18/50, MobileNetV3 and BERT poolers on an
+AVX2 machine, where from 4 rows up a row's bits did not depend on the other rows or their number; an AVX-512 machine
+gave 16 and 32 rows different bits). So a short batch is filled up with copies of its last record: image batches to
+the batch size (every forward the same rows on any CPU; a shard has one short batch), text batches, which are short
+wherever a padded length ends, to 8 rows (filling them to 32 would compute 1.6 times the tokens)."""
 
 
 def filled_rows(batch_size: int) -> int:
@@ -39,8 +40,10 @@ class Extractor(Protocol):
     """Per record, in worker processes: decode and preprocess a payload (a file path); None for texts."""
 
     batch_rows: int | None
-    """A short batch is filled up to this many rows (copies of its last record; their outputs dropped):
-    `filled_rows(batch_size)` for image and text models, None where rows are not records (audio windows)."""
+    """A short batch is filled up to this many rows (copies of its last record; their outputs dropped): the batch
+    size for image models, `filled_rows(batch_size)` for text models, None where rows are not records (audio
+    windows), so a record computed again in another batch (an incremental run, a failing batch's records one by one)
+    gets the bits it had (see MIN_ROWS)."""
 
     def prepare(self, payloads: Sequence[Any]) -> Any:
         """Turn payloads (texts) or loaded records (preprocessed images...) into a model-ready batch."""

@@ -17,7 +17,7 @@ from ..device import forward_context
 from ..errors import ConfigError, bad_value
 from ..media.image import decode_image
 from ..model_store import locate
-from .base import Layer, filled_rows
+from .base import Layer
 from .graph import Graph, GraphModule, batch_axes
 from .hf_text import model_class
 from .pooling import to_numpy
@@ -206,7 +206,7 @@ class TransformersVision:
         self.processor_location = _processor_location(spec)
         trust = {"trust_remote_code": True} if spec.trust_remote_code else {}
         self.loader = _image_loader(spec, self.processor_location)
-        self.batch_rows = filled_rows(spec.batch_size)
+        self.batch_rows = spec.batch_size  # every forward the same rows (base.Extractor.batch_rows)
         self.model = model_class(spec.task).from_pretrained(self.location.target, revision=self.location.revision,
                                                              dtype=torch.float32, **trust)
         self.model.eval().to(device)

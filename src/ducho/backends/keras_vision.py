@@ -31,7 +31,7 @@ from ..config.schema import VisualModelSpec
 from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
 from ..preprocess.image import IMAGENET_MEAN, IMAGENET_STD
 from . import keras_common as common
-from .base import Layer, filled_rows
+from .base import Layer
 from .pooling import feature_map_layers
 
 log = logging.getLogger("ducho")
@@ -234,7 +234,7 @@ class KerasVision:
         self.weights = built.weights
         self.scaling = with_overrides(built.scaling, spec)
         self.loader = common.KerasImageLoader(self._input_size())
-        self.batch_rows = filled_rows(spec.batch_size)
+        self.batch_rows = spec.batch_size  # every forward the same rows (base.Extractor.batch_rows)
         self.available = [layer.name for layer in self.model.layers if type(layer).__name__ != "InputLayer"]
         self.layers = self._parse_layers()
         self.names = list(dict.fromkeys(layer.name for layer in self.layers))

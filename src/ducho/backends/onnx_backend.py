@@ -183,7 +183,7 @@ class OnnxVision(OnnxModel):
         super().__init__(spec, device)
         self.input = self.input_node()
         self.loader = with_overrides(self._default_pipeline(), spec)
-        self.batch_rows = filled_rows(spec.batch_size)
+        self.batch_rows = spec.batch_size  # every forward the same rows (base.Extractor.batch_rows)
         pooling = spec.pooling or "none"
         if pooling == "cls":
             raise bad_value("pooling", pooling, ["avg", "mean", "max", "none"], what="pooling of a feature map")

@@ -19,7 +19,7 @@ from ..device import forward_context
 from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
 from ..preprocess.image import ImagePipeline, from_weights, with_overrides
 from . import torch_common as common
-from .base import Layer, filled_rows
+from .base import Layer
 from .graph import Graph, GraphModule, batch_axes
 from .pooling import feature_map_layers, pool_spatial, to_numpy
 
@@ -219,7 +219,7 @@ class TorchVision:
         self.weights = built.weights
         self.model = built.model.eval()
         self.loader = with_overrides(built.pipeline, spec)
-        self.batch_rows = filled_rows(spec.batch_size)
+        self.batch_rows = spec.batch_size  # every forward the same rows (base.Extractor.batch_rows)
         scripted = isinstance(self.model, torch.jit.ScriptModule)  # no graph to cut: its output only
         self.trace = None if scripted else common.EvalTrace.of(self.model)
         self.available = ["output"] if scripted else common.layer_names(self.model, self.trace)
