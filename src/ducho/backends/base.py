@@ -25,7 +25,7 @@ it has fewer than 4 rows (MKL/oneDNN pick other kernels; measured on ResNet-18/5
 AVX2 machine, where from 4 rows up a row's bits did not depend on the other rows or their number; an AVX-512 machine
 gave 16 and 32 rows different bits). So a short batch is filled up with copies of its last record: image batches to
 the batch size (every forward the same rows on any CPU; a shard has one short batch), text batches, which are short
-wherever a padded length ends, to 8 rows (filling them to 32 would compute 1.6 times the tokens)."""
+wherever a padded length ends, to 8 rows (filling them to 32 would compute 1.7 times the tokens)."""
 
 
 def filled_rows(batch_size: int) -> int:
