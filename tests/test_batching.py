@@ -3,6 +3,7 @@ padded to a grid of lengths and batched by padded length, short batches filled u
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,3 +62,16 @@ def test_a_short_batch_is_filled_up_and_the_fill_dropped() -> None:
     unfilled = Doubling(None)
     extract(unfilled, False, batch, [1.0, 2.0, 3.0], prepare(unfilled, [1.0, 2.0, 3.0]))
     assert unfilled.seen == [3]
+
+
+def test_text_batches_are_filled_only_for_a_layer_of_one_vector_per_text(tiny_bert: Path) -> None:
+    """Token layers pooled here have a row per token (at least 4: the grid starts there), the pooler one per text."""
+    from ducho.backends.hf_text import TransformersText
+    from ducho.config.schema import TextModelSpec
+
+    def rows(layers: list[str]) -> int | None:
+        spec = TextModelSpec(model_name=str(tiny_bert), backend="transformers", output_layers=layers, batch_size=32)
+        return TransformersText(spec, "cpu").batch_rows
+
+    assert rows(["last_hidden_state", "hidden_states.1"]) is None
+    assert rows(["last_hidden_state", "pooler_output"]) == MIN_ROWS

@@ -41,9 +41,10 @@ class Extractor(Protocol):
 
     batch_rows: int | None
     """A short batch is filled up to this many rows (copies of its last record; their outputs dropped): the batch
-    size for image models, `filled_rows(batch_size)` for text models, None where rows are not records (audio
-    windows), so a record computed again in another batch (an incremental run, a failing batch's records one by one)
-    gets the bits it had (see MIN_ROWS)."""
+    size for image models, `filled_rows(batch_size)` for text models with a layer of one vector per text made by a
+    matmul (a pooler, a projection, logits), None where every matmul has a row per token (at least 4 rows: the grid
+    of padded lengths starts at 4) or rows are not records (audio windows). So a record computed again in another
+    batch (an incremental run, a failing batch's records one by one) gets the bits it had (see MIN_ROWS)."""
 
     def prepare(self, payloads: Sequence[Any]) -> Any:
         """Turn payloads (texts) or loaded records (preprocessed images...) into a model-ready batch."""

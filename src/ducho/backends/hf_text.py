@@ -27,6 +27,11 @@ DEFAULT_LAYER = "last_hidden_state"
 DEFAULT_POOLING = "mean"
 
 
+def token_level(name: str) -> bool:
+    """A layer of one vector per token (pooled here), not one per text (pooler, logits)."""
+    return name in TOKEN_LAYERS or HIDDEN.match(name) is not None
+
+
 def model_class(task: str | None) -> Any:
     """The Auto class for `task`: a pipeline task name ('sentiment-analysis'), an Auto class name, or AutoModel."""
     import transformers
@@ -93,7 +98,8 @@ class TransformersText:
         self.need_hidden = any(HIDDEN.match(layer.name) for layer in self.layers)
         self.names = sorted({layer.name for layer in self.layers})
         self.truncated = 0
-        self.batch_rows = filled_rows(spec.batch_size)
+        per_record = any(not token_level(layer.name) for layer in self.layers)  # pooler, logits: base.MIN_ROWS
+        self.batch_rows = filled_rows(spec.batch_size) if per_record else None
         self._check_outputs()
 
     def _check_outputs(self) -> None:
@@ -122,8 +128,7 @@ class TransformersText:
         result: dict[str, Sequence[np.ndarray]] = {}
         for layer in self.layers:
             value = raw[layer.name]
-            pooled = layer.name in TOKEN_LAYERS or HIDDEN.match(layer.name)
-            result[layer.folder] = to_numpy(pool(value, mask, layer.pooling) if pooled else value)
+            result[layer.folder] = to_numpy(pool(value, mask, layer.pooling) if token_level(layer.name) else value)
         return result
 
     def run_graph(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

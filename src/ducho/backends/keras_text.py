@@ -146,7 +146,8 @@ class KerasText:
         signature = {name: tf.TensorSpec((None, None), tf.int32) for name in self.backbone.input}
         self.graph = common.traced_call(self.extractor, signature)
         self.truncated = 0
-        self.batch_rows = filled_rows(spec.batch_size)
+        per_record = any(layer.name == POOLED for layer in self.layers)  # a matmul per text: base.MIN_ROWS
+        self.batch_rows = filled_rows(spec.batch_size) if per_record else None
         self.model_facts = self._model_facts()  # hashed once: describe() runs for every manifest
 
     def _symbolic_outputs(self) -> dict[str, Any]:

@@ -286,7 +286,8 @@ class OnnxText(OnnxModel):
         self.layers = tuple(Layer(name, name, pooling if self.rank(name) == 3 else "n/a")
                             for name in self.output_names())
         self.truncated = 0
-        self.batch_rows = filled_rows(spec.batch_size)
+        per_record = any(self.rank(layer.name) != 3 for layer in self.layers)  # one vector per text: base.MIN_ROWS
+        self.batch_rows = filled_rows(spec.batch_size) if per_record else None
 
     def _tokenizer_limit(self) -> int:
         limit = getattr(self.tokenizer, "model_max_length", None)

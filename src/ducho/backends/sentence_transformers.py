@@ -20,6 +20,7 @@ log = logging.getLogger("ducho")
 
 SENTENCE = "sentence_embedding"
 TOKENS = "token_embeddings"
+TOKEN_MODULES = ("Transformer", "Pooling", "Normalize")  # no matmul with one row per text
 
 
 def parse_layers(spec: TextModelSpec) -> tuple[Layer, ...]:
@@ -55,7 +56,9 @@ class SentenceTransformersText:
         self.layers = parse_layers(spec)
         self.limit = int(self.model.max_seq_length)
         self.truncated = 0
-        self.batch_rows = filled_rows(spec.batch_size)
+        per_record = any(layer.name == SENTENCE for layer in self.layers) and any(
+            type(module).__name__ not in TOKEN_MODULES for module in self.model)  # e.g. Dense: base.MIN_ROWS
+        self.batch_rows = filled_rows(spec.batch_size) if per_record else None
 
     def sort_key(self, payload: str) -> int:
         return padded_width(self.model.tokenizer, [payload], self.limit)
