@@ -79,6 +79,11 @@ def planted(n: int, dim: int = 24, seed: int = 0) -> tuple[np.ndarray, dict[str,
                "zero": 1, "constant": [3, 7]}
 
 
+def page_data(page: str) -> dict:
+    """The data the page's script draws from."""
+    return json.loads(re.search(r'id="ducho-data">(.*?)</script>', page, re.S).group(1))
+
+
 class ArrayLayer:
     """A layer on disk (matrix format) made from a matrix, for the statistics tests."""
 
@@ -234,7 +239,7 @@ def test_a_real_run_reported_from_the_command_line(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path), "-o", str(out), "--labels", str(tmp_path / "items.tsv"),
                  "--label-column", "category", "--sample", "50"]) == 0
     page = out.read_text(encoding="utf-8")
-    data = json.loads(re.search(r'id="ducho-data">(.*?)</script>', page, re.S).group(1))
+    data = page_data(page)
     assert len(data["layers"]) == 2 and all(len(layer["ids"]) == 12 for layer in data["layers"])
     assert "Skipped records (1), by reason" in page and "DecodeError: not a recognised image" in page
     assert "colour / hsv_histogram" in page and "tfidf / tfidf" in page
@@ -251,8 +256,40 @@ def test_the_page_stays_small_for_many_records(tmp_path: Path) -> None:
     write_layer(tmp_path / "big" / "emb", "matrix", [f"r{i}" for i in range(20000)], matrix)
     page = write_report(tmp_path, tmp_path / "r.html", sample=500)
     assert page.stat().st_size < 400_000  # the sample sets the size, not the records
-    data = json.loads(re.search(r'id="ducho-data">(.*?)</script>', page.read_text(), re.S).group(1))
+    data = page_data(page.read_text())
     assert len(data["layers"][0]["ids"]) == 500
+
+
+@pytest.fixture(scope="module")
+def two_clusters(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The page's data for one layer of two well-separated labelled clusters (400 records, 300 sampled): one report,
+    so one UMAP run (its first call in a process compiles for about 15 s)."""
+    root = tmp_path_factory.mktemp("clusters")
+    rng = np.random.default_rng(8)
+    labels = ["a" if i % 2 else "b" for i in range(400)]
+    matrix = rng.normal(size=(400, 32)) + np.where(np.array(labels)[:, None] == "a", 5.0, -5.0) * np.eye(1, 32)
+    ids = [f"c{i:03d}" for i in range(400)]
+    write_layer(root / "out" / "emb", "matrix", ids, matrix)
+    write_tsv(root / "labels.tsv", ["item", "cluster"], [[i, c] for i, c in zip(ids, labels)])
+    page = write_report(root, root / "r.html", labels=root / "labels.tsv", sample=300)
+    return page_data(page.read_text(encoding="utf-8"))["layers"][0]
+
+
+def test_umap_has_a_point_per_sampled_record_and_keeps_separated_clusters_apart(two_clusters: dict) -> None:
+    assert sorted(two_clusters["views"]) == ["PCA", "UMAP"]  # umap-learn is a dev dependency: this is no skip
+    points = np.array(two_clusters["views"]["UMAP"], float).reshape(-1, 2)
+    assert len(points) == len(two_clusters["ids"]) == 300
+    assert points.tolist() != np.array(two_clusters["views"]["PCA"], float).reshape(-1, 2).tolist()
+    labels = np.array(two_clusters["labels"])
+    assert set(labels) == {"a", "b"}
+    a, b = points[labels == "a"], points[labels == "b"]
+    gap = np.linalg.norm(a[:, None] - b[None], axis=2).min()  # the closest pair across the clusters
+
+    def spacing(group: np.ndarray) -> float:
+        distances = np.linalg.norm(group[:, None] - group[None], axis=2) + np.diag(np.full(len(group), np.inf))
+        return float(np.median(distances.min(axis=1)))
+
+    assert gap > 5 * max(spacing(a), spacing(b))  # two islands, far apart against the spacing within each
 
 
 def test_help_of_report_loads_no_numerical_library() -> None:
@@ -310,7 +347,7 @@ def test_the_page_in_chromium_has_no_errors_no_requests_and_a_point_per_sampled_
     page = write_report(root, tmp_path / "report.html", labels=root / "labels.tsv", sample=100)
 
     shot = tmp_path / "artifacts" / "report.png"
-    checks = ["document.querySelectorAll('.proj svg circle').length",
+    checks = ["document.querySelectorAll('.proj svg[data-view=PCA] circle').length",
               "Array.from(document.querySelectorAll('.proj')).map(p => p.querySelector('svg').querySelectorAll("
               "'circle').length === Number(p.dataset.expected)).every(Boolean)",
               "document.querySelectorAll('table.neighbours tbody tr').length",
@@ -320,7 +357,9 @@ def test_the_page_in_chromium_has_no_errors_no_requests_and_a_point_per_sampled_
               "'mouseover',{bubbles:true}));var t=document.getElementById('tip');return !t.hidden && "
               "t.querySelectorAll('img').length;})()",
               "document.documentElement.dataset.points", "document.documentElement.dataset.errors",
-              "document.querySelectorAll('#knn tbody tr').length"]
+              "document.querySelectorAll('#knn tbody tr').length",
+              "Array.from(document.querySelectorAll('.proj')).map(p => p.querySelectorAll('svg[data-view=UMAP] "
+              "circle').length === Number(p.dataset.expected)).every(Boolean)"]
     run = chromium_page.open_page(page, shot, checks)
     values = [run.values[c] for c in checks]
     assert run.errors == [] and values[7] == "0"
@@ -328,6 +367,7 @@ def test_the_page_in_chromium_has_no_errors_no_requests_and_a_point_per_sampled_
     assert values[0] == 60 + 60 + 100 and values[6] == "220" and values[1] is True  # one point per sampled record
     assert values[2] == 3 * 12 and values[3] > 0 and values[4] > 0  # neighbours with thumbnails and snippets
     assert values[5] == 1  # hovering a point of the image layer shows its thumbnail
+    assert values[9] is True  # the UMAP view (hidden behind its button) has one point per sampled record too
     assert values[8] == 2  # k-NN accuracy for the two labelled layers (the third one's ids have no label)
     assert _png_size(shot) == (1280, 2400) and shot.stat().st_size > 20_000
 

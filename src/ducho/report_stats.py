@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -326,17 +329,49 @@ def project(unit: np.ndarray, notes: list[str], basis: np.ndarray | None = None)
     if pca.shape[1] < 2:
         pca = np.concatenate([pca, np.zeros((len(pca), 2 - pca.shape[1]), np.float32)], axis=1)
     views = {"PCA": pca.astype(np.float32)}
-    try:
-        import umap
-    except ImportError:
-        return views
-    if len(unit) >= 15:
+    umap = _import_umap()
+    if umap is not None and len(unit) >= 15:
         try:
-            views["UMAP"] = umap.UMAP(n_components=2, metric="cosine", random_state=0,
-                                      n_neighbors=min(15, len(unit) - 1)).fit_transform(unit).astype(np.float32)
+            views["UMAP"] = _umap(umap, unit)
         except Exception as error:  # noqa: BLE001 - an optional view; the page says why it is missing
             notes.append(f"UMAP failed: {type(error).__name__}: {error}")
     return views
+
+
+def _import_umap() -> Any | None:
+    """umap-learn, or None when it is not installed. Its package imports ParametricUMAP, hence TensorFlow (and then
+    torch): TensorFlow imported before triton segfaults the process where both are installed, so that optional module
+    is kept out of this import (it can still be imported by name afterwards)."""
+    blocked = "umap.parametric_umap" not in sys.modules
+    if blocked:
+        sys.modules["umap.parametric_umap"] = None  # type: ignore[assignment] # an ImportError, which umap handles
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import umap
+    except ImportError:
+        return None
+    finally:
+        if blocked and sys.modules.get("umap.parametric_umap", False) is None:
+            del sys.modules["umap.parametric_umap"]
+    return umap
+
+
+def _umap(umap: Any, unit: np.ndarray) -> np.ndarray:
+    """(n, 2) UMAP of unit vectors by cosine, on exact neighbour lists computed here (umap's own neighbour search
+    is slow for a sample this small: a Python call per pair, and a long JIT compilation on first use)."""
+    k = min(15, len(unit) - 1)
+    lists = neighbour_lists(unit, k - 1)
+    indices = np.concatenate([np.arange(len(unit))[:, None], lists], axis=1)  # each record first, at distance 0
+    distances = np.zeros(indices.shape, np.float32)
+    for column in range(1, k):
+        cosine = np.einsum("ij,ij->i", unit, unit[indices[:, column]])
+        distances[:, column] = np.maximum(1 - cosine, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = umap.UMAP(n_components=2, n_neighbors=k, random_state=0, n_jobs=1,
+                          precomputed_knn=(indices, distances))
+        return model.fit_transform(unit).astype(np.float32)
 
 
 def _sample_neighbours(stats: LayerStats) -> list[tuple[int, list[tuple[int, float]]]]:
