@@ -134,6 +134,90 @@ def test_labels_are_read_by_column_and_interactions_fall_back_to_their_item(tmp_
         read_labels(tmp_path / "l.csv", "size")
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_duplicates_outside_the_sample_are_found_among_all_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   on_disk: bool) -> None:
+    """5000 records, 500 sampled: a near-duplicate pair at cosine 0.9995 and an exact pair, none of them sampled, are
+    found; a pair at cosine 0.998 is not. On disk: partitions of a few KB (many partition files per search)."""
+    from ducho import report_duplicates, report_scratch, report_stats
+
+    if on_disk:
+        monkeypatch.setattr(report_scratch, "PART_BYTES", 16 << 10)
+        monkeypatch.setattr(report_duplicates, "PART_BYTES", 16 << 10)
+        monkeypatch.setattr(report_duplicates, "SKEW", 10**6)  # tiny partitions: no signature is crowded
+    rng = np.random.default_rng(9)
+    matrix = rng.normal(size=(5000, 32)).astype(np.float32)
+    ids = [f"r{i:05d}" for i in range(5000)]
+    outside = np.setdiff1d(np.arange(5000), report_stats.sample_positions(ids, 500))[[10, 2000, 3000, 4000, 4300, 4499]]
+    near, far, exact = outside[:2], outside[2:4], outside[4:]
+    matrix[near[1]] = _at_cosine(matrix[near[0]], 0.9995, rng)
+    matrix[far[1]] = _at_cosine(matrix[far[0]], 0.998, rng)
+    matrix[exact[1]] = matrix[exact[0]]
+    stats = analyse(ArrayLayer(tmp_path, matrix).vectors, sample=500)
+    assert len(stats.sample) == 500 and not set(outside.tolist()) & set(stats.sample.tolist())
+    assert (stats.near.count, stats.near.records, stats.near.scope) == (1, 2, "all records")
+    assert stats.near.largest == [sorted(near.tolist())]
+    assert (stats.exact.count, stats.exact.records, stats.exact.largest) == (1, 2, [sorted(exact.tolist())])
+    norms = np.linalg.norm(matrix, axis=1)
+    expected = dict(zip(["min", "p1", "median", "p99", "max"], np.percentile(norms, [0, 1, 50, 99, 100])))
+    assert stats.norm_summary == pytest.approx({**expected, "mean": norms.mean()}, rel=1e-6)
+
+
+def _at_cosine(vector: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
+    """A vector at exactly `cosine` from `vector`, of the same norm."""
+    unit = vector / np.linalg.norm(vector)
+    other = rng.normal(size=len(vector))
+    other -= (other @ unit) * unit
+    other /= np.linalg.norm(other)
+    return (np.linalg.norm(vector) * (cosine * unit + np.sqrt(1 - cosine**2) * other)).astype(np.float32)
+
+
+def test_order_statistics_and_positions_read_back_from_scratch_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho import report_scratch
+
+    monkeypatch.setattr(report_scratch, "READ_BYTES", 400)  # 100 values a chunk
+    rng = np.random.default_rng(11)
+    values = np.concatenate([np.abs(rng.standard_cauchy(3000)), np.zeros(50), np.full(200, 1.5), [1e-40, 3e38]])
+    values = rng.permutation(values).astype(np.float32)
+    ranks = np.array([0, 1, 49, 50, 51, 1500, 2999, len(values) - 1])
+    with report_scratch.Scratch() as scratch:
+        column = scratch.column("values", np.float32)
+        column.append(values[:1000])
+        column.append(values[1000:])
+        assert report_scratch.order_statistics(column, ranks).tolist() == np.sort(values)[ranks].tolist()
+        positions = np.array([3, 99, 100, 999, 1000, len(values) - 1])
+        assert column.take(positions).tolist() == values[positions].tolist()
+
+
+def test_scratch_files_are_removed_after_an_analysis_and_after_an_error(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from ducho import report_stats
+
+    layer = ArrayLayer(tmp_path / "layer", np.random.default_rng(10).normal(size=(900, 8)).astype(np.float32))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    seen: list[list[str]] = []
+    exact_groups = report_stats.exact_groups
+
+    def spy(*args: object) -> object:
+        seen.append(sorted(p.name.split("-", 1)[1] for p in next((tmp_path / "tmp").iterdir()).iterdir()))
+        return exact_groups(*args)
+
+    monkeypatch.setattr(report_stats, "exact_groups", spy)
+    assert analyse(layer.vectors, sample=100).count == 900
+    assert seen == [["exact", "hashes", "norms"]] and not any((tmp_path / "tmp").iterdir())
+
+    def broken(*args: object) -> object:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report_stats, "near_everywhere", broken)
+    with pytest.raises(OSError, match="disk full"):
+        analyse(layer.vectors, sample=100)
+    assert not any((tmp_path / "tmp").iterdir())
+
+
 def test_neighbours_are_the_exact_nearest_among_all_records(tmp_path: Path) -> None:
     matrix = np.random.default_rng(1).normal(size=(2500, 16)).astype(np.float32)
     layer = ArrayLayer(tmp_path, matrix)
