@@ -122,11 +122,13 @@ def test_a_wide_layer_samples_fewer_records_by_the_same_id_hash(tmp_path: Path,
 
 
 def test_labels_are_read_by_column_and_interactions_fall_back_to_their_item(tmp_path: Path) -> None:
-    from ducho.report_media import label_of, read_labels
+    from ducho.report_media import Labels, label_of, read_labels
 
-    write_tsv(tmp_path / "l.tsv", ["name", "item", "kind"], [["x", "i1", "shoe"], ["y", "i2", ""]])
+    write_tsv(tmp_path / "l.tsv", ["name", "item", "kind"], [["x", "i1", "shoe"], ["y", "i2", ""], ["z", "i3", "hat"]])
     labels = read_labels(tmp_path / "l.tsv")
-    assert labels == {"i1": "shoe"}  # ids from the column named item, labels from the last, empty ones left out
+    assert labels == {"i1": "shoe", "i3": "hat"}  # ids from the column named item, labels from the last, empty ones out
+    on_disk = Labels(tmp_path / "l.tsv")  # the report's: only the labels asked for are kept
+    assert on_disk.count == 2 and on_disk.of(["i3", "i2", "i9"]) == {"i3": "hat"}
     assert label_of(labels, "u9__i1", "i1") == "shoe" and label_of(labels, "i2", "i2") is None
     (tmp_path / "l.csv").write_text("id,group,colour\na,g1,red\nb,g2,blue\n")
     assert read_labels(tmp_path / "l.csv", "group") == {"a": "g1", "b": "g2"}
