@@ -349,7 +349,7 @@ def test_the_page_stays_small_for_many_records(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def two_clusters(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The page's data for one layer of two well-separated labelled clusters (400 records, 300 sampled): one report,
-    so one UMAP run (its first call in a process compiles for about 15 s)."""
+    so one UMAP run (the first in a process imports umap-learn, 5 s, and the first ever compiles it, 15 s more)."""
     root = tmp_path_factory.mktemp("clusters")
     rng = np.random.default_rng(8)
     labels = ["a" if i % 2 else "b" for i in range(400)]

@@ -10,6 +10,7 @@ sample the same records (needed to compare their neighbour lists).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sys
@@ -279,6 +280,7 @@ def project(unit: np.ndarray, notes: list[str], basis: np.ndarray | None = None)
     return views
 
 
+@functools.cache
 def _import_umap() -> Any | None:
     """umap-learn, or None when it is not installed. Its package imports ParametricUMAP, hence TensorFlow (and then
     torch): TensorFlow imported before triton segfaults the process where both are installed, so that optional module
@@ -295,7 +297,20 @@ def _import_umap() -> Any | None:
     finally:
         if blocked and sys.modules.get("umap.parametric_umap", False) is None:
             del sys.modules["umap.parametric_umap"]
+    _cache_compiled(umap)
     return umap
+
+
+def _cache_compiled(umap: Any) -> None:
+    """Numba compiles umap's fuzzy-graph functions at their first call in every process (15 s of a report here), as
+    they are not cached on disk like its layout: cache them too (numba keeps them in umap's __pycache__, else in its
+    user cache folder; where neither is writable, they are compiled as before)."""
+    for name in ("smooth_knn_dist", "compute_membership_strengths"):
+        function = getattr(umap.umap_, name, None)
+        try:
+            function.enable_caching()  # type: ignore[union-attr]
+        except (AttributeError, RuntimeError):  # not a numba function any more, or nowhere to write
+            log.debug("report: umap's %s is compiled without a disk cache", name)
 
 
 def _umap(umap: Any, unit: np.ndarray) -> np.ndarray:
