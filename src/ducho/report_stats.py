@@ -301,12 +301,16 @@ def _import_umap() -> Any | None:
     return umap
 
 
+UMAP_COMPILED = [("umap_", "smooth_knn_dist"), ("umap_", "compute_membership_strengths"),
+                 ("layouts", "_nb_optimize_layout_euclidean_single_epoch")]  # not cached on disk by umap itself
+
+
 def _cache_compiled(umap: Any) -> None:
-    """Numba compiles umap's fuzzy-graph functions at their first call in every process (15 s of a report here), as
-    they are not cached on disk like its layout: cache them too (numba keeps them in umap's __pycache__, else in its
+    """Numba compiles the umap functions that the report calls at their first call in every process (15 s of a
+    report here), as umap does not cache them on disk: have numba cache them (in umap's __pycache__, else in numba's
     user cache folder; where neither is writable, they are compiled as before)."""
-    for name in ("smooth_knn_dist", "compute_membership_strengths"):
-        function = getattr(umap.umap_, name, None)
+    for module, name in UMAP_COMPILED:
+        function = getattr(getattr(umap, module, None), name, None)
         try:
             function.enable_caching()  # type: ignore[union-attr]
         except (AttributeError, RuntimeError):  # not a numba function any more, or nowhere to write
