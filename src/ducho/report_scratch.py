@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 PART_BYTES = 32 << 20  # about this much of one partition is in memory at a time (and a few times that in temporaries)
 READ_BYTES = 8 << 20  # read back at a time
@@ -22,7 +23,7 @@ READ_BYTES = 8 << 20  # read back at a time
 class Column:
     """Values of one dtype appended in order to a file; read back in chunks, sequentially, or at given positions."""
 
-    def __init__(self, path: Path, dtype: np.typing.DTypeLike) -> None:
+    def __init__(self, path: Path, dtype: DTypeLike) -> None:
         self.path, self.dtype, self.count = path, np.dtype(dtype), 0
         self._out: BinaryIO | None = path.open("wb")
 
@@ -65,7 +66,7 @@ class Partitions:
     partition of the `expected` entries holds about PART_BYTES; read back one partition at a time. With one
     partition, the entries stay in memory."""
 
-    def __init__(self, folder: Path, dtype: np.typing.DTypeLike, key: str, expected: int) -> None:
+    def __init__(self, folder: Path, dtype: DTypeLike, key: str, expected: int) -> None:
         self.folder, self.dtype, self.key = folder, np.dtype(dtype), key
         self.count = max(1, math.ceil(expected * self.dtype.itemsize / PART_BYTES))
         self.sizes = np.zeros(self.count, np.int64)
@@ -121,12 +122,12 @@ class Scratch:
         self._names += 1
         return self.folder / f"{self._names}-{name}"
 
-    def column(self, name: str, dtype: np.typing.DTypeLike) -> Column:
+    def column(self, name: str, dtype: DTypeLike) -> Column:
         column = Column(self._path(name), dtype)
         self._columns.append(column)
         return column
 
-    def partitions(self, name: str, dtype: np.typing.DTypeLike, key: str, expected: int) -> Partitions:
+    def partitions(self, name: str, dtype: DTypeLike, key: str, expected: int) -> Partitions:
         return Partitions(self._path(name), dtype, key, expected)
 
     def __enter__(self) -> Scratch:
