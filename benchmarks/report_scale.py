@@ -4,6 +4,7 @@ The layer is written chunk by chunk (clustered vectors with planted exact and ne
 labels file), then the report runs in a child process, whose peak resident memory (VmHWM, Linux) is measured alone.
 
     .venv/bin/python benchmarks/report_scale.py [--records 100000] [--dim 768] [--format matrix|npy|parquet]
+        [--sample 2000] [--umap yes|no]
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 
 CHILD = """
 import json, sys, time
+if sys.argv[5] == "no":
+    sys.modules["umap"] = None  # as if umap-learn were not installed
 from ducho.report import write_report
 started = time.perf_counter()
 page = write_report(sys.argv[1], sys.argv[2], labels=sys.argv[3], sample=int(sys.argv[4]))
@@ -86,6 +89,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--format", default="matrix", choices=["matrix", "npy", "parquet"])
     parser.add_argument("--sample", type=int, default=2000)
+    parser.add_argument("--umap", default="yes", choices=["yes", "no"], help="no: as if umap-learn were not installed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ducho-report-bench-") as tmp:
         folder = Path(tmp)
@@ -93,12 +97,12 @@ def main() -> None:
         labels = write_layer(folder, args.format, args.records, args.dim)
         print(f"wrote {args.records:,} x {args.dim} ({args.format}) in {time.perf_counter() - started:.1f} s")
         done = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(folder / "report.html"), str(labels),
-                               str(args.sample)], capture_output=True, text=True, check=True)
+                               str(args.sample), args.umap], capture_output=True, text=True, check=True)
         result = json.loads(done.stdout.strip().splitlines()[-1])
     data_mib = args.records * args.dim * 4 / 2**20
     print(f"report of {args.records:,} x {args.dim} vectors ({data_mib:,.0f} MiB as float32, format {args.format}, "
-          f"sample {args.sample}): {result['seconds']:.1f} s, peak memory {result['peak_kib'] / 1024:,.0f} MiB "
-          f"(whole process), page {result['bytes'] / 2**20:.2f} MiB")
+          f"sample {args.sample}, UMAP {args.umap}): {result['seconds']:.1f} s, peak memory "
+          f"{result['peak_kib'] / 1024:,.0f} MiB (whole process), page {result['bytes'] / 2**20:.2f} MiB")
     writer_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"this process's peak while writing the data: {writer_peak:,.0f} MiB")
 

@@ -79,6 +79,11 @@ def planted(n: int, dim: int = 24, seed: int = 0) -> tuple[np.ndarray, dict[str,
                "zero": 1, "constant": [3, 7]}
 
 
+def page_data(page: str) -> dict:
+    """The data the page's script draws from."""
+    return json.loads(re.search(r'id="ducho-data">(.*?)</script>', page, re.S).group(1))
+
+
 class ArrayLayer:
     """A layer on disk (matrix format) made from a matrix, for the statistics tests."""
 
@@ -117,16 +122,102 @@ def test_a_wide_layer_samples_fewer_records_by_the_same_id_hash(tmp_path: Path,
 
 
 def test_labels_are_read_by_column_and_interactions_fall_back_to_their_item(tmp_path: Path) -> None:
-    from ducho.report_media import label_of, read_labels
+    from ducho.report_media import Labels, label_of, read_labels
 
-    write_tsv(tmp_path / "l.tsv", ["name", "item", "kind"], [["x", "i1", "shoe"], ["y", "i2", ""]])
+    write_tsv(tmp_path / "l.tsv", ["name", "item", "kind"], [["x", "i1", "shoe"], ["y", "i2", ""], ["z", "i3", "hat"]])
     labels = read_labels(tmp_path / "l.tsv")
-    assert labels == {"i1": "shoe"}  # ids from the column named item, labels from the last, empty ones left out
+    assert labels == {"i1": "shoe", "i3": "hat"}  # ids from the column named item, labels from the last, empty ones out
+    on_disk = Labels(tmp_path / "l.tsv")  # the report's: only the labels asked for are kept
+    assert on_disk.count == 2 and on_disk.of(["i3", "i2", "i9"]) == {"i3": "hat"}
     assert label_of(labels, "u9__i1", "i1") == "shoe" and label_of(labels, "i2", "i2") is None
     (tmp_path / "l.csv").write_text("id,group,colour\na,g1,red\nb,g2,blue\n")
     assert read_labels(tmp_path / "l.csv", "group") == {"a": "g1", "b": "g2"}
     with pytest.raises(ValueError, match="no column 'size'"):
         read_labels(tmp_path / "l.csv", "size")
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_duplicates_outside_the_sample_are_found_among_all_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   on_disk: bool) -> None:
+    """5000 records, 500 sampled: a near-duplicate pair at cosine 0.9995 and an exact pair, none of them sampled, are
+    found; a pair at cosine 0.998 is not. On disk: partitions of a few KB (many partition files per search)."""
+    from ducho import report_duplicates, report_scratch, report_stats
+
+    if on_disk:
+        monkeypatch.setattr(report_scratch, "PART_BYTES", 16 << 10)
+        monkeypatch.setattr(report_duplicates, "PART_BYTES", 16 << 10)
+        monkeypatch.setattr(report_duplicates, "SKEW", 10**6)  # tiny partitions: no signature is crowded
+    rng = np.random.default_rng(9)
+    matrix = rng.normal(size=(5000, 32)).astype(np.float32)
+    ids = [f"r{i:05d}" for i in range(5000)]
+    outside = np.setdiff1d(np.arange(5000), report_stats.sample_positions(ids, 500))[[10, 2000, 3000, 4000, 4300, 4499]]
+    near, far, exact = outside[:2], outside[2:4], outside[4:]
+    matrix[near[1]] = _at_cosine(matrix[near[0]], 0.9995, rng)
+    matrix[far[1]] = _at_cosine(matrix[far[0]], 0.998, rng)
+    matrix[exact[1]] = matrix[exact[0]]
+    stats = analyse(ArrayLayer(tmp_path, matrix).vectors, sample=500)
+    assert len(stats.sample) == 500 and not set(outside.tolist()) & set(stats.sample.tolist())
+    assert (stats.near.count, stats.near.records, stats.near.scope) == (1, 2, "all records")
+    assert stats.near.largest == [sorted(near.tolist())]
+    assert (stats.exact.count, stats.exact.records, stats.exact.largest) == (1, 2, [sorted(exact.tolist())])
+    norms = np.linalg.norm(matrix, axis=1)
+    expected = dict(zip(["min", "p1", "median", "p99", "max"], np.percentile(norms, [0, 1, 50, 99, 100])))
+    assert stats.norm_summary == pytest.approx({**expected, "mean": norms.mean()}, rel=1e-6)
+
+
+def _at_cosine(vector: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
+    """A vector at exactly `cosine` from `vector`, of the same norm."""
+    unit = vector / np.linalg.norm(vector)
+    other = rng.normal(size=len(vector))
+    other -= (other @ unit) * unit
+    other /= np.linalg.norm(other)
+    return (np.linalg.norm(vector) * (cosine * unit + np.sqrt(1 - cosine**2) * other)).astype(np.float32)
+
+
+def test_order_statistics_and_positions_read_back_from_scratch_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho import report_scratch
+
+    monkeypatch.setattr(report_scratch, "READ_BYTES", 400)  # 100 values a chunk
+    rng = np.random.default_rng(11)
+    values = np.concatenate([np.abs(rng.standard_cauchy(3000)), np.zeros(50), np.full(200, 1.5), [1e-40, 3e38]])
+    values = rng.permutation(values).astype(np.float32)
+    ranks = np.array([0, 1, 49, 50, 51, 1500, 2999, len(values) - 1])
+    with report_scratch.Scratch() as scratch:
+        column = scratch.column("values", np.float32)
+        column.append(values[:1000])
+        column.append(values[1000:])
+        assert report_scratch.order_statistics(column, ranks).tolist() == np.sort(values)[ranks].tolist()
+        positions = np.array([3, 99, 100, 999, 1000, len(values) - 1])
+        assert column.take(positions).tolist() == values[positions].tolist()
+
+
+def test_scratch_files_are_removed_after_an_analysis_and_after_an_error(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from ducho import report_stats
+
+    layer = ArrayLayer(tmp_path / "layer", np.random.default_rng(10).normal(size=(900, 8)).astype(np.float32))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    seen: list[list[str]] = []
+    exact_groups = report_stats.exact_groups
+
+    def spy(*args: object) -> object:
+        seen.append(sorted(p.name.split("-", 1)[1] for p in next((tmp_path / "tmp").iterdir()).iterdir()))
+        return exact_groups(*args)
+
+    monkeypatch.setattr(report_stats, "exact_groups", spy)
+    assert analyse(layer.vectors, sample=100).count == 900
+    assert seen == [["exact", "hashes", "norms"]] and not any((tmp_path / "tmp").iterdir())
+
+    def broken(*args: object) -> object:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report_stats, "near_everywhere", broken)
+    with pytest.raises(OSError, match="disk full"):
+        analyse(layer.vectors, sample=100)
+    assert not any((tmp_path / "tmp").iterdir())
 
 
 def test_neighbours_are_the_exact_nearest_among_all_records(tmp_path: Path) -> None:
@@ -234,7 +325,7 @@ def test_a_real_run_reported_from_the_command_line(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path), "-o", str(out), "--labels", str(tmp_path / "items.tsv"),
                  "--label-column", "category", "--sample", "50"]) == 0
     page = out.read_text(encoding="utf-8")
-    data = json.loads(re.search(r'id="ducho-data">(.*?)</script>', page, re.S).group(1))
+    data = page_data(page)
     assert len(data["layers"]) == 2 and all(len(layer["ids"]) == 12 for layer in data["layers"])
     assert "Skipped records (1), by reason" in page and "DecodeError: not a recognised image" in page
     assert "colour / hsv_histogram" in page and "tfidf / tfidf" in page
@@ -251,8 +342,40 @@ def test_the_page_stays_small_for_many_records(tmp_path: Path) -> None:
     write_layer(tmp_path / "big" / "emb", "matrix", [f"r{i}" for i in range(20000)], matrix)
     page = write_report(tmp_path, tmp_path / "r.html", sample=500)
     assert page.stat().st_size < 400_000  # the sample sets the size, not the records
-    data = json.loads(re.search(r'id="ducho-data">(.*?)</script>', page.read_text(), re.S).group(1))
+    data = page_data(page.read_text())
     assert len(data["layers"][0]["ids"]) == 500
+
+
+@pytest.fixture(scope="module")
+def two_clusters(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The page's data for one layer of two well-separated labelled clusters (400 records, 300 sampled): one report,
+    so one UMAP run (the first in a process imports umap-learn, 5 s, and the first ever compiles it, 15 s more)."""
+    root = tmp_path_factory.mktemp("clusters")
+    rng = np.random.default_rng(8)
+    labels = ["a" if i % 2 else "b" for i in range(400)]
+    matrix = rng.normal(size=(400, 32)) + np.where(np.array(labels)[:, None] == "a", 5.0, -5.0) * np.eye(1, 32)
+    ids = [f"c{i:03d}" for i in range(400)]
+    write_layer(root / "out" / "emb", "matrix", ids, matrix)
+    write_tsv(root / "labels.tsv", ["item", "cluster"], [[i, c] for i, c in zip(ids, labels)])
+    page = write_report(root, root / "r.html", labels=root / "labels.tsv", sample=300)
+    return page_data(page.read_text(encoding="utf-8"))["layers"][0]
+
+
+def test_umap_has_a_point_per_sampled_record_and_keeps_separated_clusters_apart(two_clusters: dict) -> None:
+    assert sorted(two_clusters["views"]) == ["PCA", "UMAP"]  # umap-learn is a dev dependency: this is no skip
+    points = np.array(two_clusters["views"]["UMAP"], float).reshape(-1, 2)
+    assert len(points) == len(two_clusters["ids"]) == 300
+    assert points.tolist() != np.array(two_clusters["views"]["PCA"], float).reshape(-1, 2).tolist()
+    labels = np.array(two_clusters["labels"])
+    assert set(labels) == {"a", "b"}
+    a, b = points[labels == "a"], points[labels == "b"]
+    gap = np.linalg.norm(a[:, None] - b[None], axis=2).min()  # the closest pair across the clusters
+
+    def spacing(group: np.ndarray) -> float:
+        distances = np.linalg.norm(group[:, None] - group[None], axis=2) + np.diag(np.full(len(group), np.inf))
+        return float(np.median(distances.min(axis=1)))
+
+    assert gap > 5 * max(spacing(a), spacing(b))  # two islands, far apart against the spacing within each
 
 
 def test_help_of_report_loads_no_numerical_library() -> None:
@@ -310,7 +433,7 @@ def test_the_page_in_chromium_has_no_errors_no_requests_and_a_point_per_sampled_
     page = write_report(root, tmp_path / "report.html", labels=root / "labels.tsv", sample=100)
 
     shot = tmp_path / "artifacts" / "report.png"
-    checks = ["document.querySelectorAll('.proj svg circle').length",
+    checks = ["document.querySelectorAll('.proj svg[data-view=PCA] circle').length",
               "Array.from(document.querySelectorAll('.proj')).map(p => p.querySelector('svg').querySelectorAll("
               "'circle').length === Number(p.dataset.expected)).every(Boolean)",
               "document.querySelectorAll('table.neighbours tbody tr').length",
@@ -320,7 +443,9 @@ def test_the_page_in_chromium_has_no_errors_no_requests_and_a_point_per_sampled_
               "'mouseover',{bubbles:true}));var t=document.getElementById('tip');return !t.hidden && "
               "t.querySelectorAll('img').length;})()",
               "document.documentElement.dataset.points", "document.documentElement.dataset.errors",
-              "document.querySelectorAll('#knn tbody tr').length"]
+              "document.querySelectorAll('#knn tbody tr').length",
+              "Array.from(document.querySelectorAll('.proj')).map(p => p.querySelectorAll('svg[data-view=UMAP] "
+              "circle').length === Number(p.dataset.expected)).every(Boolean)"]
     run = chromium_page.open_page(page, shot, checks)
     values = [run.values[c] for c in checks]
     assert run.errors == [] and values[7] == "0"
@@ -328,6 +453,7 @@ def test_the_page_in_chromium_has_no_errors_no_requests_and_a_point_per_sampled_
     assert values[0] == 60 + 60 + 100 and values[6] == "220" and values[1] is True  # one point per sampled record
     assert values[2] == 3 * 12 and values[3] > 0 and values[4] > 0  # neighbours with thumbnails and snippets
     assert values[5] == 1  # hovering a point of the image layer shows its thumbnail
+    assert values[9] is True  # the UMAP view (hidden behind its button) has one point per sampled record too
     assert values[8] == 2  # k-NN accuracy for the two labelled layers (the third one's ids have no label)
     assert _png_size(shot) == (1280, 2400) and shot.stat().st_size > 20_000
 

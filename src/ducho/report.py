@@ -21,7 +21,7 @@ from . import __version__
 from .errors import DuchoError
 from .layer_files import Layer, find_layers, open_records, read_failures
 from .report_html import LayerView, Record, render
-from .report_media import Media, label_of, read_labels
+from .report_media import Labels, Media, label_of
 from .report_stats import LayerStats, analyse, knn_accuracy, neighbour_lists, neighbour_overlap
 from .writers import write_text
 
@@ -46,20 +46,20 @@ def write_report(folder: str | Path | Sequence[str | Path], path: str | Path | N
     if not layers:
         raise DuchoError(f"report: no layer folder (with a manifest.json) under {', '.join(map(str, roots))}")
     try:
-        label_map = read_labels(labels, label_column) if labels is not None else {}
+        label_file = Labels(labels, label_column) if labels is not None else None
     except (OSError, ValueError) as error:
         raise DuchoError(f"report: labels: {error}") from error
     media = Media()
     views, lists = [], []
     with _one_blas_thread():
         for layer in layers:
-            view, neighbour_ids = _layer_view(layer, media, label_map, sample)
+            view, neighbour_ids = _layer_view(layer, media, label_file, sample)
             views.append(view)
             lists.append(neighbour_ids)
     overlaps = _overlaps(views, lists)
     meta = {"root": ", ".join(str(r.resolve()) for r in roots), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
             "version": __version__, "sample": sample, "labels": str(labels) if labels else None,
-            "label_count": len(label_map)}
+            "label_count": label_file.count if label_file else 0}
     write_text(target, render(views, overlaps, media.table, meta))
     log.info("report: %d layer(s) -> %s", len(views), target)
     return target
@@ -75,7 +75,7 @@ def _one_blas_thread() -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _layer_view(layer: Layer, media: Media, labels: dict[str, str],
+def _layer_view(layer: Layer, media: Media, label_file: Labels | None,
                 sample: int) -> tuple[LayerView, tuple[list[str], np.ndarray]]:
     started = time.perf_counter()
     try:
@@ -90,12 +90,14 @@ def _layer_view(layer: Layer, media: Media, labels: dict[str, str],
         stats.notes.append(f"manifest status {layer.manifest.get('status')!r}: the run that writes this layer has not "
                            "finished (or was stopped); the report shows what is there")
 
+    shown = sorted({int(p) for p in stats.sample} | {q for q, _ in stats.neighbours}
+                   | {p for _, found in stats.neighbours for p, _ in found})
+    labels = label_file.of({vectors.ids[p] for p in shown} | {vectors.items[p] for p in shown}) if label_file else {}
+
     def record(position: int, preview: int | None = None) -> Record:
         return Record(vectors.ids[position], label_of(labels, vectors.ids[position], vectors.items[position]),
                       preview)
 
-    shown = sorted({int(p) for p in stats.sample} | {q for q, _ in stats.neighbours}
-                   | {p for _, found in stats.neighbours for p, _ in found})
     previews = dict(zip(shown, media.previews(layer, ((vectors.items[p], vectors.users[p]) for p in shown))))
     sampled = [record(int(p), previews.get(int(p))) for p in stats.sample]
     neighbours = [(record(q, previews.get(q)), [(record(p, previews.get(p)), cos) for p, cos in found])

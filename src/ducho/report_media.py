@@ -8,7 +8,7 @@ import csv
 import io
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +190,24 @@ def thumbnail(path: Path, size: int = THUMBNAIL) -> str | None:
 def read_labels(path: str | Path, column: str | None = None) -> dict[str, str]:
     """id -> label from a TSV (or .csv) with a header: ids in the first column (or one named id/item/item_id),
     labels in `column` (default: the last column). Empty labels are left out."""
-    path = Path(path)
+    return dict(_label_rows(Path(path), column))
+
+
+class Labels:
+    """A labels file (as `read_labels` reads it) kept on disk: a catalogue's labels can be as many as its records, so
+    only the labels asked for are read, in one pass each."""
+
+    def __init__(self, path: str | Path, column: str | None = None) -> None:
+        self.path, self.column = Path(path), column
+        self.count = sum(1 for _ in _label_rows(self.path, column))  # checks the header too
+
+    def of(self, ids: Iterable[str]) -> dict[str, str]:
+        """id -> label for those of `ids` that have one."""
+        wanted = set(ids)
+        return {record: label for record, label in _label_rows(self.path, self.column) if record in wanted}
+
+
+def _label_rows(path: Path, column: str | None) -> Iterator[tuple[str, str]]:
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
         rows = csv.reader(handle, delimiter=delimiter)
@@ -201,8 +218,9 @@ def read_labels(path: str | Path, column: str | None = None) -> dict[str, str]:
             raise ValueError(f"{path}: no column {column!r}; columns: {', '.join(header)}")
         label = header.index(column) if column is not None else len(header) - 1
         ident = next((header.index(n) for n in ("id", "item", "item_id") if n in header and n != column), 0)
-        return {row[ident]: row[label].strip() for row in rows
-                if len(row) > max(ident, label) and row[label].strip()}
+        for row in rows:
+            if len(row) > max(ident, label) and row[label].strip():
+                yield row[ident], row[label].strip()
 
 
 def label_of(labels: dict[str, str], record: str, item: str) -> str | None:
