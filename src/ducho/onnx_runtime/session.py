@@ -36,8 +36,11 @@ class SessionRun:
         self.inputs = {node.name: DTYPES.get(node.type, np.float32) for node in self.session.get_inputs()}
         self.outputs = [node.name for node in self.session.get_outputs()]
 
+    def arrays(self, feed: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """The graph's inputs from the feed, as the session takes them."""
+        return {name: np.ascontiguousarray(feed[name].detach().cpu().numpy(), dtype=dtype)
+                for name, dtype in self.inputs.items()}
+
     def __call__(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        arrays = {name: np.ascontiguousarray(feed[name].detach().cpu().numpy(), dtype=dtype)
-                  for name, dtype in self.inputs.items()}
-        values = self.session.run(self.outputs, arrays)
+        values = self.session.run(self.outputs, self.arrays(feed))
         return {name: torch.from_numpy(np.asarray(value)) for name, value in zip(self.outputs, values, strict=True)}
