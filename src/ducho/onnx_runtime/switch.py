@@ -5,8 +5,9 @@ Everything else is the extractor's own.
 The first batch costs little beyond its own forward: torch runs only a few rows of it (CHECK_ROWS, spread over the
 batch so that a text batch's long and short, padded, records are both among them), the fp32 graph the same rows, the
 check compares the features these rows give; then the graph runs the whole batch and its features are the batch's.
-`auto` keeps that first batch's ONNX time, runs the second batch on torch, timed, and keeps the faster per input
-element for the rest (both had run on the check's rows first, so neither pays its warm-up in the comparison)."""
+`auto` runs the second batch on torch and the third on ONNX Runtime again, times the three, and keeps the faster per
+input element for the rest (both had run on the check's rows first, so neither pays its warm-up in the timing; in a
+text run, sorted longest first, ONNX's batches 1 and 3 bracket torch's batch 2)."""
 
 from __future__ import annotations
 
@@ -79,10 +80,12 @@ def on_rows(run: Run, rows: int) -> Run:
 
 
 class Timed:
-    """A model step that adds up its seconds and its input elements (batch x tokens, pixels or samples)."""
+    """A model step that adds up its seconds and its input elements (batch x tokens, pixels or samples) over the
+    batches it ran (numbered from 1)."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, batches: list[int] | None = None) -> None:
         self.run = run
+        self.batches = batches or []
         self.seconds = 0.0
         self.elements = 0
 
@@ -93,14 +96,19 @@ class Timed:
         self.elements += sum(int(value.numel()) for value in feed.values())
         return outputs
 
-    def describe(self, batch: int) -> dict[str, Any]:
-        return {"batch": batch, "seconds": self.seconds, "input_elements": self.elements}
+    @property
+    def rate(self) -> float:
+        """Seconds per input element."""
+        return self.seconds / max(self.elements, 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"batches": self.batches, "seconds": self.seconds, "input_elements": self.elements}
 
 
 class RuntimeSwitch:
     """Runs the wrapped extractor; on the first batch: torch on a few rows (the reference), the exported graph (found
     in the cache or exported) on the same rows, the check, the int8 graph and its cosine, then the graph on the whole
-    batch; for `auto` torch on the second batch, timed; then the faster."""
+    batch; for `auto` torch on the second batch and ONNX on the third, timed; then the faster."""
 
     def __init__(self, inner: Any, spec: ModelSpec, device: str) -> None:
         self.inner = inner
@@ -108,7 +116,8 @@ class RuntimeSwitch:
         self.device = device
         self.torch_run: Run = inner.run_graph
         self.stage = "first"
-        self.onnx: Timed | None = None
+        self.torch = Timed(self.torch_run)
+        self.onnx: Timed | None = None  # the ONNX Runtime step, from the first batch on
         self.facts: dict[str, Any] = {"requested": spec.runtime, "quantize": spec.quantize,
                                       "used": "decided on the first batch"}
 
@@ -120,8 +129,8 @@ class RuntimeSwitch:
     def forward(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
         if self.stage == "first":
             return self._first(batch)
-        if self.stage == "time torch":
-            return self._time_torch(batch)
+        if self.stage.startswith("time"):
+            return self._time(batch)
         return self.inner.forward(batch)
 
     def describe(self) -> dict[str, Any]:
@@ -158,12 +167,12 @@ class RuntimeSwitch:
                            f"{FIDELITY:g}); the run stopped. Use runtime: torch (graph: {entry.graph})")
         if self.spec.quantize == "int8":
             run = self._int8(entry, run, feeds, batch, expected, rows)
-        self.onnx = Timed(run)
+        self.onnx = Timed(run, [1])
         output = self._pass(batch, self.onnx)
         self.inner.run_graph = run
         if self.spec.runtime == "auto":
             self.stage = "time torch"
-            self.facts["used"] = f"{self.onnx_name} on the first batch; auto decides on the second"
+            self.facts["used"] = f"{self.onnx_name} on batch 1 (the run ended before auto decided)"
         else:
             self.stage = "chosen"
             self.facts["used"] = self.onnx_name
@@ -237,22 +246,25 @@ class RuntimeSwitch:
 
     # -- runtime auto ---------------------------------------------------------------------------------------------
 
-    def _time_torch(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
-        """The second batch on torch, timed; the faster runtime per input element is kept for the rest."""
-        timed = Timed(self.torch_run)
-        output = self._pass(batch, timed, count=True)
+    def _time(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
+        """runtime auto: the second batch on torch, the third on ONNX Runtime again, both timed; then the faster per
+        input element (ONNX's batches 1 and 3 bracket torch's batch 2 in a text run sorted longest first)."""
         onnx = self.onnx
         assert onnx is not None
-        onnx_rate = onnx.seconds / max(onnx.elements, 1)
-        torch_rate = timed.seconds / max(timed.elements, 1)
-        chosen = self.onnx_name if onnx_rate < torch_rate else "torch"
-        self.facts["auto"] = {"onnx": onnx.describe(1), "torch": timed.describe(2),
-                              "onnx_time_vs_torch": onnx_rate / torch_rate if torch_rate > 0 else math.inf,
-                              "first_batch": self.onnx_name}
+        timed = self.torch if self.stage == "time torch" else onnx
+        timed.batches.append(len(self.torch.batches) + len(onnx.batches) + 1)
+        output = self._pass(batch, timed, count=True)
+        if self.stage == "time torch":
+            self.stage = "time onnx"
+            self.facts["used"] = f"{self.onnx_name} on batch 1, torch on batch 2 (the run ended before auto decided)"
+            return output
+        ratio = onnx.rate / self.torch.rate if self.torch.rate > 0 else math.inf
+        chosen = self.onnx_name if ratio < 1 else "torch"
+        self.facts["auto"] = {"onnx": onnx.describe(), "torch": self.torch.describe(), "onnx_time_vs_torch": ratio}
         self.facts["used"] = chosen
-        log.info("runtime auto: %s: %s %.3f s on batch 1, torch %.3f s on batch 2; per input element %s takes %.2f "
-                 "of torch's time -> %s", self.spec.model_name, self.onnx_name, onnx.seconds, timed.seconds,
-                 self.onnx_name, self.facts["auto"]["onnx_time_vs_torch"], chosen)
+        log.info("runtime auto: %s: %s %.3f s on batches 1 and 3, torch %.3f s on batch 2; per input element %s takes "
+                 "%.2f of torch's time -> %s", self.spec.model_name, self.onnx_name, onnx.seconds, self.torch.seconds,
+                 self.onnx_name, ratio, chosen)
         if chosen == "torch":
             vars(self.inner).pop("run_graph", None)
         else:
