@@ -144,7 +144,7 @@ def test_auto_times_both_and_keeps_one(tmp_path: Path, tiny_bert: Path) -> None:
     result = run_text(tmp_path / "a", tiny_bert, runtime="auto", batch_size=5)
     facts = manifest(result, "pooler_output")["runtime"]
     auto = facts["auto"]
-    assert (auto["onnx"]["batches"], auto["torch"]["batches"]) == ([1, 3], [2])
+    assert (auto["onnx"]["batches"], auto["torch"]["batches"]) == ([1, 3], [2])  # batch 1: 5 rows, 4 checked
     rates = [auto[name]["seconds"] / auto[name]["input_elements"] for name in ("onnx", "torch")]
     assert min(rates) > 0 and auto["onnx_time_vs_torch"] == pytest.approx(rates[0] / rates[1])
     assert facts["used"] == ("onnxruntime" if rates[0] < rates[1] else "torch")
@@ -178,7 +178,7 @@ def test_first_batch_runs_torch_on_a_few_rows_only(tmp_path: Path, tiny_bert: Pa
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     calls = counting(monkeypatch)
     result = run_text(tmp_path, tiny_bert, runtime="onnx", batch_size=len(TEXTS))
-    assert calls == {"torch": [4], "onnx": [4, len(TEXTS)]}  # the check's rows, then the whole batch once
+    assert calls == {"torch": [4], "onnx": [4, len(TEXTS) - 4]}  # the check's rows, then the others
     assert manifest(result, "pooler_output")["runtime"]["check"]["rows"] == 4
 
 
@@ -189,7 +189,8 @@ def test_auto_keeps_torch_when_onnx_is_slower(tmp_path: Path, tiny_bert: Path,
     result = run_text(tmp_path / "a", tiny_bert, runtime="auto", batch_size=3)
     facts = manifest(result, "pooler_output")["runtime"]
     assert facts["used"] == "torch" and facts["auto"]["onnx_time_vs_torch"] > 1
-    assert calls == {"torch": [3, 3, 3], "onnx": [3, 3, 3]}  # batch 1: check rows, ONNX; 2: torch; 3: ONNX; 4: torch
+    assert calls == {"torch": [3, 3, 3], "onnx": [3, 3]}  # batch 1: all checked rows; 2: torch; 3: ONNX; 4: torch
+    assert facts["auto"]["onnx"]["batches"] == [3] and facts["auto"]["torch"]["batches"] == [2]
     for layer in TEXT_LAYERS:
         assert np.abs(features(result, layer, STEMS) - features(reference, layer, STEMS)).max() < TOL
 

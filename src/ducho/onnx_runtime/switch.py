@@ -3,8 +3,8 @@ checked the exported graph against torch (and, for `runtime: auto`, once the fir
 Everything else is the extractor's own.
 
 The first batch costs little beyond its own forward: torch runs only a few rows of it (CHECK_ROWS, spread over the
-batch so that a text batch's long and short, padded, records are both among them), the fp32 graph the same rows, the
-check compares the features these rows give; then the graph runs the whole batch and its features are the batch's.
+batch so that a text batch's long and short, padded, records are both among them), the graph the same rows, the check
+compares the features these rows give; then the graph runs the other rows, and the batch's features are the graph's.
 `auto` runs the second batch on torch and the third on ONNX Runtime again, times the three, and keeps the faster per
 input element for the rest (both had run on the check's rows first, so neither pays its warm-up in the timing; in a
 text run, sorted longest first, ONNX's batches 1 and 3 bracket torch's batch 2)."""
@@ -60,36 +60,68 @@ def spread(count: int, rows: int) -> list[int]:
     return sorted({int(round(n)) for n in np.linspace(0, count - 1, min(rows, count))})
 
 
-def on_rows(run: Run, rows: int) -> Run:
+class OnRows:
     """`run` on a few spread rows of each feed; the other rows of its outputs are zeros (features compared only where
-    every pass has the same rows: the zeros give equal features)."""
+    every pass has the same rows: the zeros give equal features). Each call's rows and outputs are kept, so that the
+    batch's own pass (`rest`) runs only the other rows."""
 
-    def step(feed: dict[str, Any]) -> dict[str, Any]:
-        count = len(next(iter(feed.values())))
-        chosen = spread(count, rows)
-        index = torch.tensor(chosen)
-        part = run({name: value.index_select(0, index.to(value.device)) for name, value in feed.items()})
-        full = {}
-        for name, value in part.items():
-            filled = value.new_zeros((count, *value.shape[1:]))
-            filled[index.to(value.device)] = value
-            full[name] = filled
-        return full
+    def __init__(self, run: Run, rows: int) -> None:
+        self.run = run
+        self.rows = rows
+        self.calls: list[tuple[torch.Tensor, dict[str, Any]]] = []
 
-    return step
+    def __call__(self, feed: dict[str, Any]) -> dict[str, Any]:
+        index = torch.tensor(spread(batch_size(feed), self.rows))
+        part = self.run(take(feed, index))
+        self.calls.append((index, part))
+        return scatter(batch_size(feed), [(index, part)])
+
+    def rest(self, run: Run) -> Run:
+        """The model step that gives whole outputs, call by call: these rows as they ran, `run` on the others."""
+        calls = iter(self.calls)
+
+        def step(feed: dict[str, Any]) -> dict[str, Any]:
+            index, part = next(calls)
+            others = torch.tensor(sorted(set(range(batch_size(feed))) - set(index.tolist())), dtype=torch.long)
+            pieces = [(index, part)] + ([(others, run(take(feed, others)))] if len(others) else [])
+            return scatter(batch_size(feed), pieces)
+
+        return step
+
+
+def batch_size(feed: dict[str, Any]) -> int:
+    return len(next(iter(feed.values())))
+
+
+def take(feed: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+    return {name: value.index_select(0, index.to(value.device)) for name, value in feed.items()}
+
+
+def scatter(count: int, pieces: list[tuple[torch.Tensor, dict[str, Any]]]) -> dict[str, Any]:
+    """Outputs of `count` rows from pieces of (row indices, outputs of those rows); rows no piece has are zeros."""
+    full = {}
+    for name, value in pieces[0][1].items():
+        filled = value.new_zeros((count, *value.shape[1:]))
+        for index, part in pieces:
+            filled[index.to(value.device)] = part[name].to(value.device)
+        full[name] = filled
+    return full
 
 
 class Timed:
     """A model step that adds up its seconds and its input elements (batch x tokens, pixels or samples) over the
-    batches it ran (numbered from 1)."""
+    batches it ran in (`batch`: the number, from 1, of the one it runs in now)."""
 
-    def __init__(self, run: Run, batches: list[int] | None = None) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
-        self.batches = batches or []
+        self.batch = 0
+        self.batches: list[int] = []
         self.seconds = 0.0
         self.elements = 0
 
     def __call__(self, feed: dict[str, Any]) -> dict[str, Any]:
+        if self.batch not in self.batches:
+            self.batches.append(self.batch)
         started = time.perf_counter()
         outputs = self.run(feed)
         self.seconds += time.perf_counter() - started
@@ -150,11 +182,12 @@ class RuntimeSwitch:
             feeds.append(feed)
             return self.torch_run(feed)
 
-        expected = self._pass(batch, on_rows(reference, rows), count=True)
+        expected = self._pass(batch, OnRows(reference, rows), count=True)
         graph = self.inner.graph(tuple(feeds[0]))
         entry = self._entry(graph, feeds[0])
         run = self._session(entry)
-        got = self._pass(batch, on_rows(run, rows))
+        checked = OnRows(run, rows)
+        got = self._pass(batch, checked)
         absolute, relative = differences(expected, got)
         self.facts.update({"graph": str(entry.graph), "graph_sha256": entry.sha256, "exported": entry.built,
                            "check": {"rows": rows, "max_abs_diff": absolute, "max_rel_diff": relative,
@@ -166,9 +199,10 @@ class RuntimeSwitch:
                            f"first batch: max abs diff {absolute:.3g}, {relative:.3g} of the largest value (tolerance "
                            f"{FIDELITY:g}); the run stopped. Use runtime: torch (graph: {entry.graph})")
         if self.spec.quantize == "int8":
-            run = self._int8(entry, run, feeds, batch, expected, rows)
-        self.onnx = Timed(run, [1])
-        output = self._pass(batch, self.onnx)
+            run, checked = self._int8(entry, run, feeds, batch, expected, rows)
+        self.onnx = Timed(run)
+        self.onnx.batch = 1
+        output = self._pass(batch, checked.rest(self.onnx))  # the checked rows as they ran, the graph on the others
         self.inner.run_graph = run
         if self.spec.runtime == "auto":
             self.stage = "time torch"
@@ -220,7 +254,7 @@ class RuntimeSwitch:
         return entry
 
     def _int8(self, fp32: cache.Entry, fp32_run: SessionRun, feeds: list[dict[str, Any]], batch: Any,
-              expected: Any, rows: int) -> SessionRun:
+              expected: Any, rows: int) -> tuple[SessionRun, OnRows]:
         """The first int8 graph (INT8_RECIPES, fastest first; cached each under its own key) whose cosine to the
         torch vectors on the checked rows reaches min_cosine; the run stops when none does."""
         tried = []
@@ -228,7 +262,8 @@ class RuntimeSwitch:
             key = cache.digest({"from": fp32.sha256, "quantize": recipe, "versions": versions()})
             entry = cache.lookup(key) or self._quantize(key, fp32, recipe, [fp32_run.arrays(f) for f in feeds])
             run = self._session(entry)
-            worst = min_cosine(expected, self._pass(batch, on_rows(run, rows)))
+            checked = OnRows(run, rows)
+            worst = min_cosine(expected, self._pass(batch, checked))
             tried.append({**entry.facts, "graph": str(entry.graph), "graph_sha256": entry.sha256,
                           "cosine_min": worst})
             log.info("runtime onnx, quantize int8 (%s): cosine to the fp32 torch vectors on the first batch's %d rows: "
@@ -237,7 +272,7 @@ class RuntimeSwitch:
                 self.facts.update({"int8_graph": str(entry.graph), "int8_graph_sha256": entry.sha256,
                                    "int8_cosine_min": worst, "min_cosine": self.spec.min_cosine,
                                    "int8": entry.facts, "int8_tried": tried})
-                return run
+                return run, checked
         best = max(tried, key=lambda t: t["cosine_min"])["cosine_min"]
         raise RunAbort(f"quantize int8: the int8 vectors of {self.spec.model_name} are too far from the fp32 torch "
                        f"ones on the first batch: min cosine {best:.5f} < min_cosine {self.spec.min_cosine} (tried: "
@@ -252,7 +287,7 @@ class RuntimeSwitch:
         onnx = self.onnx
         assert onnx is not None
         timed = self.torch if self.stage == "time torch" else onnx
-        timed.batches.append(len(self.torch.batches) + len(onnx.batches) + 1)
+        timed.batch = 2 if timed is self.torch else 3
         output = self._pass(batch, timed, count=True)
         if self.stage == "time torch":
             self.stage = "time onnx"
