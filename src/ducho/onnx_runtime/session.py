@@ -13,7 +13,9 @@ from ..backends.onnx_backend import DTYPES, providers_for
 
 def session_options(threads: int) -> Any:
     """All graph optimizations; as many intra-op threads as torch uses (the same share of the machine), one
-    inter-op thread (the graph is run sequentially, as torch runs it)."""
+    inter-op thread (the graph is run sequentially, as torch runs it); idle threads sleep instead of spinning, so a
+    core left idle between runs (pooling, writing) goes to the decoding workers or to whatever else runs on the
+    machine: ResNet-50 end to end ran 2.33x the bare torch forward against 2.17x spinning (2 cores, load 5)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -21,6 +23,7 @@ def session_options(threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
