@@ -178,7 +178,8 @@ def test_first_batch_runs_torch_on_a_few_rows_only(tmp_path: Path, tiny_bert: Pa
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     calls = counting(monkeypatch)
     result = run_text(tmp_path, tiny_bert, runtime="onnx", batch_size=len(TEXTS))
-    assert calls == {"torch": [4], "onnx": [4, len(TEXTS) - 4]}  # the check's rows, then the others
+    # the check's rows, then the others (the texts of each padded length in a batch of their own)
+    assert calls["torch"] == [4] and calls["onnx"][0] == 4 and len(calls["onnx"]) > 1
     assert manifest(result, "pooler_output")["runtime"]["check"]["rows"] == 4
 
 
@@ -189,7 +190,8 @@ def test_auto_keeps_torch_when_onnx_is_slower(tmp_path: Path, tiny_bert: Path,
     result = run_text(tmp_path / "a", tiny_bert, runtime="auto", batch_size=3)
     facts = manifest(result, "pooler_output")["runtime"]
     assert facts["used"] == "torch" and facts["auto"]["onnx_time_vs_torch"] > 1
-    assert calls == {"torch": [3, 3, 3], "onnx": [3, 3]}  # batch 1: all checked rows; 2: torch; 3: ONNX; 4: torch
+    # batch 1: all checked rows; 2: torch; 3: ONNX; then torch (every batch filled up to 3 rows)
+    assert calls["onnx"] == [3, 3] and set(calls["torch"]) == {3} and len(calls["torch"]) >= 3
     assert facts["auto"]["onnx"]["batches"] == [3] and facts["auto"]["torch"]["batches"] == [2]
     for layer in TEXT_LAYERS:
         assert np.abs(features(result, layer, STEMS) - features(reference, layer, STEMS)).max() < TOL

@@ -112,11 +112,12 @@ def loaded(batch: Batch, items: list[Any]) -> tuple[Batch, list[Any], list[Skip]
 def prepare(extractor: Extractor, items: list[Any]) -> Any:
     """The model-ready batch, or the error (then each record is tried alone). For a model with `batch_rows`, the
     items are filled up to that many rows with copies of the last one (the forward's extra outputs are dropped)."""
-    rows = getattr(extractor, "batch_rows", None)
-    if rows and items:
-        items = items + items[-1:] * (rows - len(items))
+    fill = max(0, (getattr(extractor, "batch_rows", None) or 0) - len(items)) if items else 0
     try:
-        return extractor.prepare(items)
+        prepared = extractor.prepare(items + items[-1:] * fill)
+        if fill and isinstance(prepared, dict) and prepared.get("truncated"):  # a text's copies are not cut texts
+            prepared["truncated"] -= fill * extractor.prepare(items[-1:])["truncated"]
+        return prepared
     except Exception as error:
         return error
 
