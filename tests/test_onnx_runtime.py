@@ -65,6 +65,7 @@ def test_text_layers_and_batch_sizes_match_torch(tmp_path: Path, tiny_bert: Path
     assert [f["used"] for f in facts] == ["onnxruntime"] * 3
     assert [f["exported"] for f in facts] == [True, False, False]  # one graph for every batch size and length
     assert len({f["graph_sha256"] for f in facts}) == 1 and facts[0]["check"]["max_abs_diff"] < TOL
+    assert facts[0]["fusion"]["fused"]["Attention"] == 2  # tiny BERT's two layers, exported eager and fused
     truncated = manifest(reference, "last_hidden_state")["truncated_texts"]
     assert truncated == 1 and manifest(runs[3], "last_hidden_state")["truncated_texts"] == truncated  # counted once
 
@@ -133,7 +134,9 @@ def test_int8_falls_back_to_the_next_recipe(tmp_path: Path, tiny_bert: Path, mon
     facts = manifest(run_text(tmp_path, tiny_bert, runtime="onnx", quantize="int8", min_cosine=0.9),
                      "pooler_output")["runtime"]
     tried = facts["int8_tried"]
-    assert [t["fp32"] for t in tried] == ["none", "after_activation"] and tried[0]["cosine_min"] == 0.5
+    assert [(t["op_types"], t["fp32"]) for t in tried] == [(["MatMul", "Attention"], "none"),
+                                                           (["MatMul", "Attention"], "after_activation")]
+    assert tried[0]["cosine_min"] == 0.5
     assert tried[1]["fp32_nodes"] == 2  # tiny BERT: two layers, one FFN output projection each
     assert facts["int8_graph_sha256"] == tried[1]["graph_sha256"] != tried[0]["graph_sha256"]
     assert facts["int8_cosine_min"] == cosines[1] >= 0.9
@@ -218,7 +221,10 @@ def test_vision_layers_match_torch(tmp_path: Path, tiny_vit: Path, spec: dict) -
         assert got.shape == expected.shape and np.abs(got - expected).max() < TOL, layer
         shapes.append(got.shape[1:])
     assert len(shapes[1]) >= 2  # the second layer is spatial (channels, h, w) or tokens (steps, width)
-    assert manifest(result, spec["output_layers"][0])["runtime"]["used"] == "onnxruntime"
+    facts = manifest(result, spec["output_layers"][0])["runtime"]
+    assert facts["used"] == "onnxruntime"
+    fused = (facts["fusion"] or {}).get("fused", {})  # ViT: LayerNorms and GELUs (its attention is not matched)
+    assert fused.get("SkipLayerNormalization", 0) == (4 if spec["backend"] == "transformers" else 0)
 
 
 def test_int8_convolutions_quantized_statically(tmp_path: Path) -> None:

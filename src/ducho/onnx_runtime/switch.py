@@ -190,6 +190,7 @@ class RuntimeSwitch:
         got = self._pass(batch, checked)
         absolute, relative = differences(expected, got)
         self.facts.update({"graph": str(entry.graph), "graph_sha256": entry.sha256, "exported": entry.built,
+                           "fusion": entry.facts.get("fusion"), "session": run.describe(),
                            "check": {"rows": rows, "max_abs_diff": absolute, "max_rel_diff": relative,
                                      "tolerance_rel": FIDELITY}})
         log.info("runtime onnx: %s %s; first batch vs torch (%d rows): max abs diff %.3g (%.3g of the largest value)",
@@ -309,9 +310,10 @@ class RuntimeSwitch:
 
 
 def describe_recipe(recipe: dict[str, Any]) -> str:
-    """`static QDQ`, `dynamic`, `dynamic, fp32 after_activation` for the log and the error."""
+    """`static QDQ`, `dynamic MatMul+Attention, fp32 after_activation`... for the log and the error."""
     kept = recipe.get("fp32", "none")
-    return recipe["method"] + (f", fp32 {kept}" if kept != "none" else "")
+    return " ".join([recipe["method"], *(["+".join(recipe["op_types"])] if "op_types" in recipe else [])]) + \
+        (f", fp32 {kept}" if kept != "none" else "")
 
 
 def differences(reference: dict[str, Sequence[np.ndarray]], got: dict[str, Sequence[np.ndarray]],
