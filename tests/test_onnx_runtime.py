@@ -185,6 +185,17 @@ def test_first_batch_runs_torch_on_a_few_rows_only(tmp_path: Path, tiny_bert: Pa
     assert manifest(result, "pooler_output")["runtime"]["check"]["rows"] == 4
 
 
+def test_auto_times_more_batches_while_close(tmp_path: Path, tiny_bert: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho.onnx_runtime import switch
+
+    monkeypatch.setattr(switch, "AUTO_MARGIN", 1e6)  # every timing "close": alternate up to AUTO_ROUNDS torch batches
+    facts = manifest(run_text(tmp_path, tiny_bert, runtime="auto", batch_size=1), "pooler_output")["runtime"]
+    auto = facts["auto"]
+    assert (auto["onnx"]["batches"], auto["torch"]["batches"]) == ([3, 5, 7], [2, 4, 6])  # batch 1: its one row checked
+    assert facts["used"] == ("onnxruntime" if auto["onnx_time_vs_torch"] < 1 else "torch")
+
+
 def test_auto_keeps_torch_when_onnx_is_slower(tmp_path: Path, tiny_bert: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     reference = run_text(tmp_path / "t", tiny_bert, batch_size=3)
