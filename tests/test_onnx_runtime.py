@@ -65,6 +65,7 @@ def test_text_layers_and_batch_sizes_match_torch(tmp_path: Path, tiny_bert: Path
     assert [f["used"] for f in facts] == ["onnxruntime"] * 3
     assert [f["exported"] for f in facts] == [True, False, False]  # one graph for every batch size and length
     assert len({f["graph_sha256"] for f in facts}) == 1 and facts[0]["check"]["max_abs_diff"] < TOL
+    assert facts[0]["fusion"]["fused"]["Attention"] == 2  # tiny BERT's two layers, exported eager and fused
     truncated = manifest(reference, "last_hidden_state")["truncated_texts"]
     assert truncated == 1 and manifest(runs[3], "last_hidden_state")["truncated_texts"] == truncated  # counted once
 
@@ -133,7 +134,9 @@ def test_int8_falls_back_to_the_next_recipe(tmp_path: Path, tiny_bert: Path, mon
     facts = manifest(run_text(tmp_path, tiny_bert, runtime="onnx", quantize="int8", min_cosine=0.9),
                      "pooler_output")["runtime"]
     tried = facts["int8_tried"]
-    assert [t["fp32"] for t in tried] == ["none", "after_activation"] and tried[0]["cosine_min"] == 0.5
+    assert [(t["op_types"], t["fp32"]) for t in tried] == [(["MatMul", "Attention"], "none"),
+                                                           (["MatMul", "Attention"], "after_activation")]
+    assert tried[0]["cosine_min"] == 0.5
     assert tried[1]["fp32_nodes"] == 2  # tiny BERT: two layers, one FFN output projection each
     assert facts["int8_graph_sha256"] == tried[1]["graph_sha256"] != tried[0]["graph_sha256"]
     assert facts["int8_cosine_min"] == cosines[1] >= 0.9
@@ -183,6 +186,17 @@ def test_first_batch_runs_torch_on_a_few_rows_only(tmp_path: Path, tiny_bert: Pa
     assert manifest(result, "pooler_output")["runtime"]["check"]["rows"] == 4
 
 
+def test_auto_times_more_batches_while_close(tmp_path: Path, tiny_bert: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from ducho.onnx_runtime import switch
+
+    monkeypatch.setattr(switch, "AUTO_MARGIN", 1e6)  # every timing "close": alternate up to AUTO_ROUNDS torch batches
+    facts = manifest(run_text(tmp_path, tiny_bert, runtime="auto", batch_size=1), "pooler_output")["runtime"]
+    auto = facts["auto"]
+    assert (auto["onnx"]["batches"], auto["torch"]["batches"]) == ([3, 5, 7], [2, 4, 6])  # batch 1: its one row checked
+    assert facts["used"] == ("onnxruntime" if auto["onnx_time_vs_torch"] < 1 else "torch")
+
+
 def test_auto_keeps_torch_when_onnx_is_slower(tmp_path: Path, tiny_bert: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     reference = run_text(tmp_path / "t", tiny_bert, batch_size=3)
@@ -220,7 +234,10 @@ def test_vision_layers_match_torch(tmp_path: Path, tiny_vit: Path, spec: dict) -
         assert got.shape == expected.shape and np.abs(got - expected).max() < TOL, layer
         shapes.append(got.shape[1:])
     assert len(shapes[1]) >= 2  # the second layer is spatial (channels, h, w) or tokens (steps, width)
-    assert manifest(result, spec["output_layers"][0])["runtime"]["used"] == "onnxruntime"
+    facts = manifest(result, spec["output_layers"][0])["runtime"]
+    assert facts["used"] == "onnxruntime"
+    fused = (facts["fusion"] or {}).get("fused", {})  # ViT: LayerNorms and GELUs (its attention is not matched)
+    assert fused.get("SkipLayerNormalization", 0) == (4 if spec["backend"] == "transformers" else 0)
 
 
 def test_int8_convolutions_quantized_statically(tmp_path: Path) -> None:

@@ -40,6 +40,25 @@ class Graph:
     dynamic: dict[str, dict[int, str]]
     facts: dict[str, Any] = field(default_factory=dict)
     """What else decides the graph (e.g. the model class), for the cache key."""
+    fusion: dict[str, Any] | None = None
+    """ONNX Runtime's transformer fusions for the exported graph (`transformer_fusion`), or None."""
+
+
+FUSED_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert", "distilbert": "bert",
+               "electra": "bert", "vit": "vit"}
+"""Transformers model types whose encoder ONNX Runtime's optimizer fuses (attention, embedding and skip LayerNorm,
+bias GELU) -> its model_type."""
+
+
+def transformer_fusion(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The fusion settings of a Transformers encoder of a type in FUSED_TYPES (exported with eager attention, whose
+    pattern the fusions know), else None."""
+    config = getattr(model, "config", None)
+    kind = FUSED_TYPES.get(getattr(config, "model_type", ""))
+    heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if kind is None or not heads or not width or not hasattr(model, "set_attn_implementation"):
+        return None
+    return {"model_type": kind, "num_heads": int(heads), "hidden_size": int(width)}
 
 
 class Exportable(Protocol):

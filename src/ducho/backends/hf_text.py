@@ -14,7 +14,7 @@ from ..config.schema import TextModelSpec
 from ..errors import ConfigError, bad_value
 from ..model_store import locate
 from .base import Layer, filled_rows
-from .graph import Graph, GraphModule, on_device, sequence_axes
+from .graph import Graph, GraphModule, on_device, sequence_axes, transformer_fusion
 from .pooling import pool, to_numpy
 from .text_common import count_truncated, padded_width, token_limit
 
@@ -157,7 +157,7 @@ class TransformersText:
 
     def graph(self, inputs: Sequence[str]) -> Graph:
         return Graph(GraphModule(self.model, self._raw, inputs, self.names), sequence_axes(inputs),
-                     {"model_class": type(self.model).__name__})
+                     {"model_class": type(self.model).__name__}, transformer_fusion(self.model))
 
     def describe(self) -> dict[str, Any]:
         return {

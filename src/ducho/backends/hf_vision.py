@@ -18,7 +18,7 @@ from ..errors import ConfigError, bad_value
 from ..media.image import decode_image
 from ..model_store import locate
 from .base import Layer
-from .graph import Graph, GraphModule, batch_axes
+from .graph import Graph, GraphModule, batch_axes, transformer_fusion
 from .hf_text import model_class
 from .pooling import to_numpy
 
@@ -374,7 +374,8 @@ class TransformersVision:
             return self._select(self._fields(feed[PIXELS], self.need_hidden))
 
         return Graph(GraphModule(self.model, step, inputs, self.names), batch_axes(inputs),
-                     {"model_class": type(self.model).__name__, "image_features": self.clip_like})
+                     {"model_class": type(self.model).__name__, "image_features": self.clip_like},
+                     None if self.clip_like else transformer_fusion(self.model))
 
     def describe(self) -> dict[str, Any]:
         return {

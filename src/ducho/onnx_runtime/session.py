@@ -34,10 +34,15 @@ class SessionRun:
     def __init__(self, path: Path, device: str) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(torch.get_num_threads()),
+        self.threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(self.threads),
                                             providers=providers_for(device))
         self.inputs = {node.name: DTYPES.get(node.type, np.float32) for node in self.session.get_inputs()}
         self.outputs = [node.name for node in self.session.get_outputs()]
+
+    def describe(self) -> dict[str, Any]:
+        return {"providers": self.session.get_providers(), "intra_op_threads": self.threads,
+                "graph_optimization": "ORT_ENABLE_ALL", "allow_spinning": 0}
 
     def arrays(self, feed: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """The graph's inputs from the feed, as the session takes them."""

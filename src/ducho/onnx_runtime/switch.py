@@ -7,7 +7,8 @@ batch so that a text batch's long and short, padded, records are both among them
 compares the features these rows give; then the graph runs the other rows, and the batch's features are the graph's.
 `auto` runs the second batch on torch and the third on ONNX Runtime again, times the three, and keeps the faster per
 input element for the rest (both had run on the check's rows first, so neither pays its warm-up in the timing; in a
-text run, sorted longest first, ONNX's batches 1 and 3 bracket torch's batch 2)."""
+text run, sorted longest first, ONNX's batches 1 and 3 bracket torch's batch 2); while the two are within AUTO_MARGIN,
+it times one more batch of each."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ padded record: hence rows spread from the first to the last, longest to shortest
 record's; a few rows find it at a fraction of a torch batch."""
 INT8_ROWS = 8
 """Rows for the int8 cosine, whose least value over records is the statistic: more rows than the fp32 check."""
+AUTO_MARGIN = 0.15
+"""runtime auto: while the runtimes' times per input element are within 15% of each other, both are timed on one more
+batch each (a single batch's time varies by that much on a machine with other work)."""
+AUTO_ROUNDS = 3  # runtime auto: torch batches timed at most
 COUNTERS = ("truncated",)  # per-batch counts an extractor keeps in forward; only one pass a batch may add to them
 
 Run = Callable[[dict[str, Any]], dict[str, Any]]
@@ -148,6 +153,7 @@ class RuntimeSwitch:
         self.device = device
         self.torch_run: Run = inner.run_graph
         self.stage = "first"
+        self.batch = 0  # batches run so far
         self.torch = Timed(self.torch_run)
         self.onnx: Timed | None = None  # the ONNX Runtime step, from the first batch on
         self.facts: dict[str, Any] = {"requested": spec.runtime, "quantize": spec.quantize,
@@ -190,6 +196,7 @@ class RuntimeSwitch:
         got = self._pass(batch, checked)
         absolute, relative = differences(expected, got)
         self.facts.update({"graph": str(entry.graph), "graph_sha256": entry.sha256, "exported": entry.built,
+                           "fusion": entry.facts.get("fusion"), "session": run.describe(),
                            "check": {"rows": rows, "max_abs_diff": absolute, "max_rel_diff": relative,
                                      "tolerance_rel": FIDELITY}})
         log.info("runtime onnx: %s %s; first batch vs torch (%d rows): max abs diff %.3g (%.3g of the largest value)",
@@ -201,7 +208,7 @@ class RuntimeSwitch:
         if self.spec.quantize == "int8":
             run, checked = self._int8(entry, run, feeds, batch, expected, rows)
         self.onnx = Timed(run)
-        self.onnx.batch = 1
+        self.onnx.batch = self.batch = 1
         output = self._pass(batch, checked.rest(self.onnx))  # the checked rows as they ran, the graph on the others
         self.inner.run_graph = run
         if self.spec.runtime == "auto":
@@ -282,24 +289,30 @@ class RuntimeSwitch:
     # -- runtime auto ---------------------------------------------------------------------------------------------
 
     def _time(self, batch: Any) -> dict[str, Sequence[np.ndarray]]:
-        """runtime auto: the second batch on torch, the third on ONNX Runtime again, both timed; then the faster per
-        input element (ONNX's batches 1 and 3 bracket torch's batch 2 in a text run sorted longest first)."""
+        """runtime auto: even batches on torch, odd ones on ONNX Runtime, timed, until one is faster per input element
+        by more than AUTO_MARGIN or AUTO_ROUNDS torch batches are timed; then the faster. (ONNX's batches bracket
+        torch's in a text run sorted longest first; while the two are that close, either costs the same.)"""
         onnx = self.onnx
         assert onnx is not None
+        self.batch += 1
         timed = self.torch if self.stage == "time torch" else onnx
-        timed.batch = 2 if timed is self.torch else 3
+        timed.batch = self.batch
         output = self._pass(batch, timed, count=True)
+        ratio = onnx.rate / self.torch.rate if self.torch.rate > 0 else math.inf
+        self.facts["auto"] = {"onnx": onnx.describe(), "torch": self.torch.describe(), "onnx_time_vs_torch": ratio}
         if self.stage == "time torch":
             self.stage = "time onnx"
-            self.facts["used"] = f"{self.onnx_name} on batch 1, torch on batch 2 (the run ended before auto decided)"
+            self.facts["used"] = f"{self.onnx_name} on odd batches, torch on even ones (the run ended before auto " \
+                                 "decided)"
             return output
-        ratio = onnx.rate / self.torch.rate if self.torch.rate > 0 else math.inf
+        if abs(math.log(ratio)) < math.log(1 + AUTO_MARGIN) and len(self.torch.batches) < AUTO_ROUNDS:
+            self.stage = "time torch"
+            return output
         chosen = self.onnx_name if ratio < 1 else "torch"
-        self.facts["auto"] = {"onnx": onnx.describe(), "torch": self.torch.describe(), "onnx_time_vs_torch": ratio}
         self.facts["used"] = chosen
-        log.info("runtime auto: %s: %s %.3f s on batches 1 and 3, torch %.3f s on batch 2; per input element %s takes "
-                 "%.2f of torch's time -> %s", self.spec.model_name, self.onnx_name, onnx.seconds, self.torch.seconds,
-                 self.onnx_name, ratio, chosen)
+        log.info("runtime auto: %s: %s %.3f s on batches %s, torch %.3f s on batches %s; per input element %s takes "
+                 "%.2f of torch's time -> %s", self.spec.model_name, self.onnx_name, onnx.seconds, onnx.batches,
+                 self.torch.seconds, self.torch.batches, self.onnx_name, ratio, chosen)
         if chosen == "torch":
             vars(self.inner).pop("run_graph", None)
         else:
@@ -309,9 +322,10 @@ class RuntimeSwitch:
 
 
 def describe_recipe(recipe: dict[str, Any]) -> str:
-    """`static QDQ`, `dynamic`, `dynamic, fp32 after_activation` for the log and the error."""
+    """`static QDQ`, `dynamic MatMul+Attention, fp32 after_activation`... for the log and the error."""
     kept = recipe.get("fp32", "none")
-    return recipe["method"] + (f", fp32 {kept}" if kept != "none" else "")
+    return " ".join([recipe["method"], *(["+".join(recipe["op_types"])] if "op_types" in recipe else [])]) + \
+        (f", fp32 {kept}" if kept != "none" else "")
 
 
 def differences(reference: dict[str, Sequence[np.ndarray]], got: dict[str, Sequence[np.ndarray]],
