@@ -4,7 +4,7 @@ and the ratio ray/local (goal: >= 0.85 on a 2-core machine), with the cluster st
 taken out of the Ray run's; the model actors' start is not: it is part of every Ray job). Also peak memory (RSS of
 the process tree) of a 5,000- and a 50,000-text Parquet run on both executors with `--memory` (instead).
 
-    .venv/bin/python benchmarks/ray_overhead.py [--images 256] [--texts 5000] [--rounds 1] [--memory]
+    .venv/bin/python benchmarks/ray_overhead.py [--images 256] [--texts 5000] [--rounds 1] [--scale K] [--memory]
 """
 
 from __future__ import annotations
@@ -27,15 +27,30 @@ from _texts import make_texts, write_items  # noqa: E402
 from visual_throughput import make_jpegs  # noqa: E402
 
 
-def configs(root: Path) -> dict[str, dict]:
+def configs(root: Path, suffix: str = "") -> dict[str, dict]:
     return {
         "images": {"dataset_path": str(root), "device": "cpu", "visual": {"items": {
-            "input_path": "images", "output_path": "out-images",
+            "input_path": f"images{suffix}", "output_path": "out-images",
             "model": [{"model_name": "resnet50", "weights": "none", "batch_size": 32}]}}},
         "texts": {"dataset_path": str(root), "device": "cpu", "textual": {"items": {
-            "input_path": "texts.tsv", "output_path": "out-texts",
+            "input_path": f"texts{suffix}.tsv", "output_path": "out-texts",
             "model": [{"model_name": "sentence-transformers/all-MiniLM-L6-v2", "batch_size": 64}]}}},
     }
+
+
+def scaled(root: Path, name: str, scale: int, small: tuple[float, float, int]) -> None:
+    """One more run of each executor on `scale` times the records: per-record cost (the marginal ratio, what a long
+    job tends to) apart from the fixed cost of a job (on Ray: its workers starting, importing the libraries, the
+    model actors building the model)."""
+    _, ray_small, count = small
+    local_small, _, _ = timed(configs(root)[name], "local")  # again: the first local run imported the libraries
+    local, _, big = timed(configs(root, f"-x{scale}")[name], "local")
+    ray, _, _ = timed(configs(root, f"-x{scale}")[name], "ray")
+    per_local, per_ray = (local - local_small) / (big - count), (ray - ray_small) / (big - count)
+    fixed = (ray_small - count * per_ray) - (local_small - count * per_local)
+    print(f"{name}: {big} records; local {big / local:7.1f} rec/s; ray {big / ray:7.1f} rec/s; ratio ray/local "
+          f"{local / ray:.3f}. Per record (from the {count} and {big} runs): ratio {per_local / per_ray:.3f}; the Ray "
+          f"job's fixed cost beyond the local one's {fixed:.1f} s", flush=True)
 
 
 def timed(config: dict, executor: str) -> tuple[float, float, int]:
@@ -112,6 +127,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="only peak memory of 5,000 vs 50,000 texts")
     parser.add_argument("--only", choices=["images", "texts"], help="one of the two jobs")
+    parser.add_argument("--scale", type=int, default=1, help="also run K times the records (per-record ratio)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -120,19 +136,25 @@ def main() -> None:
             return
         make_jpegs(root / "images", args.images)
         write_items(root / "texts.tsv", make_texts(args.texts))
+        if args.scale > 1:
+            make_jpegs(root / f"images-x{args.scale}", args.images * args.scale)
+            write_items(root / f"texts-x{args.scale}.tsv", make_texts(args.texts * args.scale))
         for name, config in configs(root).items():
             if args.only and name != args.only:
                 continue
-            ratios = []
+            ratios, times = [], []
             for round_ in range(args.rounds):
                 local, _, count = timed(config, "local")
                 ray, startup, ray_count = timed(config, "ray")
                 assert ray_count == count, (ray_count, count)
                 ratios.append(local / ray)
+                times.append((local, ray, count))
                 print(f"{name}: {count} records; local {count / local:7.1f} rec/s; ray {count / ray:7.1f} rec/s "
                       f"(cluster start-up {startup:.1f} s apart); ratio ray/local {local / ray:.3f} "
                       f"(round {round_ + 1})", flush=True)
             print(f"{name}: median ratio ray/local over {len(ratios)} round(s): {statistics.median(ratios):.3f}")
+            if args.scale > 1:
+                scaled(root, name, args.scale, times[-1])
 
 
 if __name__ == "__main__":
