@@ -97,7 +97,8 @@ def test_batch_size_does_not_change_features(per_patch: KerasAudio) -> None:
     for layer in ("taggram", "penultimate"):
         for x, y in zip(a[layer], b[layer]):
             assert x.shape == y.shape and x.shape[0] == 3
-            np.testing.assert_allclose(x, y, atol=1e-5)
+            # fp32 rounding of another batch's kernels: under oneDNN's SSE4.1 level, once 1.1e-5 on a value of 0.064
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_long_clip_pooling_is_over_patches(per_patch: KerasAudio) -> None:
