@@ -241,6 +241,40 @@ def test_a_uri_output_gets_every_part_as_its_shard_is_written_and_the_manifest_a
     assert json.loads(memory.cat(f"/{layer}/manifest.json"))["count"] == 5
 
 
+def test_an_s3_output_on_a_local_s3_server(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`output_path: s3://...` through pyarrow's S3 client against a real S3 server on loopback (moto's), found
+    through the AWS SDK's own `AWS_ENDPOINT_URL`: the parts and the manifest read back from S3 equal the staging
+    folder's."""
+    import boto3
+    import pyarrow.dataset as ds
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    small_shards(monkeypatch, 4)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("s3").create_bucket(Bucket="features")
+        cfg = items_config(tmp_path, "parquet", bert(tiny_bert))
+        cfg["textual"]["items"]["output_path"] = "s3://features/run"
+        ducho.run(cfg, progress=False)
+        s3 = fs.S3FileSystem(endpoint_override=f"http://{host}:{port}")  # a reader of its own
+        layer = "features/run/transformers/tiny-bert/pooler_output"
+        parts = s3.get_file_info(fs.FileSelector(f"{layer}/shards"))
+        assert sorted(p.base_name for p in parts) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        staging = next((tmp_path / ".ducho-staging").rglob("pooler_output"))
+        remote = ds.dataset(f"{layer}/shards", filesystem=s3, format="parquet").to_table()
+        assert remote.equals(pq.read_table(staging / "shards"))
+        with s3.open_input_stream(f"{layer}/manifest.json") as stream:
+            assert json.loads(stream.read())["count"] == len(IDS)
+    finally:
+        server.stop()
+
+
 def test_a_uri_output_takes_format_parquet(tmp_path: Path) -> None:
     from ducho.errors import ConfigError
 
