@@ -399,7 +399,7 @@ def section_audio_fidelity(ctx: Context) -> None:
 
 
 def decode_to_numpy(loader: Callable[[str], Any], path: str) -> np.ndarray:
-    return loader(path).numpy()
+    return np.asarray(loader(path))
 
 
 def one_thread() -> None:

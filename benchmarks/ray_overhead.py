@@ -4,13 +4,20 @@ and the ratio ray/local (goal: >= 0.85 on a 2-core machine), with the cluster st
 taken out of the Ray run's; the model actors' start is not: it is part of every Ray job). Also peak memory (RSS of
 the process tree) of a 5,000- and a 50,000-text Parquet run on both executors with `--memory` (instead).
 
-    .venv/bin/python benchmarks/ray_overhead.py [--images 256] [--texts 5000] [--rounds 1] [--scale K] [--memory]
+The runs are calls of `ducho.run` in this process: after the first, the local executor finds torch and the model's
+libraries imported, while a Ray job's workers are new processes that import them every time. `--fresh` runs each
+`ducho run` in a new process instead, as a user does, so that both executors pay their imports (the start-up of the
+cluster, read from the run's log, still apart).
+
+    .venv/bin/python benchmarks/ray_overhead.py [--images 256] [--texts 5000] [--rounds 1] [--scale K] [--fresh]
+                                                [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -53,8 +60,11 @@ def scaled(root: Path, name: str, scale: int, small: tuple[float, float, int]) -
           f"job's fixed cost beyond the local one's {fixed:.1f} s", flush=True)
 
 
-def timed(config: dict, executor: str) -> tuple[float, float, int]:
-    """(seconds of the run less the cluster start-up, the start-up, records) of one fresh run."""
+def timed(config: dict, executor: str, fresh: bool = False) -> tuple[float, float, int]:
+    """(seconds of the run less the cluster start-up, the start-up, records) of one run in this process, or of
+    `ducho run` in a new one (`fresh`)."""
+    if fresh:
+        return timed_process(config, executor)
     import ducho
     from ducho import ray_executor
 
@@ -75,6 +85,22 @@ def timed(config: dict, executor: str) -> tuple[float, float, int]:
         ray_executor.RayExecutor.__init__ = original  # type: ignore[method-assign]
     up = startup[0] if startup else 0.0
     return seconds - up, up, result.jobs[0].extracted
+
+
+def timed_process(config: dict, executor: str) -> tuple[float, float, int]:
+    import yaml
+
+    path = Path(config["dataset_path"]) / f"fresh-{executor}.yml"
+    path.write_text(yaml.safe_dump({**config, "executor": executor, "ray": {"address": "local", "num_cpus": 2}}))
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ducho", "run", str(path), "--overwrite", "--no-progress"],
+                          capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - started
+    startup = re.search(r"connected in ([0-9.]+) s", done.stderr)
+    counts = [int(n) for n in re.findall(r"([0-9]+) extracted", done.stderr)]
+    assert counts, done.stderr[-2000:]
+    up = float(startup.group(1)) if startup else 0.0
+    return seconds - up, up, counts[-1]
 
 
 def peak_rss(command: list[str]) -> float:
@@ -128,6 +154,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="only peak memory of 5,000 vs 50,000 texts")
     parser.add_argument("--only", choices=["images", "texts"], help="one of the two jobs")
     parser.add_argument("--scale", type=int, default=1, help="also run K times the records (per-record ratio)")
+    parser.add_argument("--fresh", action="store_true", help="each run a `ducho run` in a new process")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -144,8 +171,8 @@ def main() -> None:
                 continue
             ratios, times = [], []
             for round_ in range(args.rounds):
-                local, _, count = timed(config, "local")
-                ray, startup, ray_count = timed(config, "ray")
+                local, _, count = timed(config, "local", args.fresh)
+                ray, startup, ray_count = timed(config, "ray", args.fresh)
                 assert ray_count == count, (ray_count, count)
                 ratios.append(local / ray)
                 times.append((local, ray, count))
@@ -153,7 +180,7 @@ def main() -> None:
                       f"(cluster start-up {startup:.1f} s apart); ratio ray/local {local / ray:.3f} "
                       f"(round {round_ + 1})", flush=True)
             print(f"{name}: median ratio ray/local over {len(ratios)} round(s): {statistics.median(ratios):.3f}")
-            if args.scale > 1:
+            if args.scale > 1 and not args.fresh:
                 scaled(root, name, args.scale, times[-1])
 
 

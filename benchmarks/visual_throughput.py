@@ -60,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp) / "images", args.images)
         reference = TorchVision(VisualModelSpec(model_name="resnet50", weights="none"), args.device)
-        batches = [torch.stack([reference.loader(str(p)) for p in paths[i:i + args.batch_size]])
+        batches = [torch.from_numpy(np.stack([reference.loader(str(p)) for p in paths[i:i + args.batch_size]]))
                    for i in range(0, len(paths), args.batch_size)]
         model = reference.model.to(args.device, memory_format=torch.channels_last)
         print(f"{len(paths)} JPEGs, ResNet-50 (random weights), batch {args.batch_size}, device {args.device}, "

@@ -196,6 +196,71 @@ def test_interactions_from_a_mapping_are_named_user__item(tmp_path: Path) -> Non
     assert np.abs(np.load(folder / "u2__i9.npy") - direct["avgpool"].flatten().numpy()).max() < 1e-4
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "nearest-exact", "box", "hamming",
+                                           "lanczos"])
+def test_preprocessing_equals_torchvisions_transforms_bit_for_bit(interpolation: str) -> None:
+    """The pipeline needs no torch (decoding processes import neither torch nor torchvision), yet its arrays are
+    torchvision's resize -> center_crop -> pil_to_tensor -> convert_image_dtype -> normalize, every bit: images
+    portrait, landscape, square, smaller than the crop (zero padded), a resize to an exact size, z-score and minmax."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    from ducho.preprocess.image import IMAGENET_MEAN, IMAGENET_STD, ImagePipeline
+
+    rng = np.random.default_rng(3)
+    sizes = [(300, 200), (200, 300), (256, 256), (97, 301), (150, 120), (224, 224), (31, 17)]
+    pipelines = [ImagePipeline(interpolation=interpolation),
+                 ImagePipeline(resize=232, crop=(224, 224), interpolation=interpolation),
+                 ImagePipeline(resize=(40, 24), crop=None, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                               interpolation=interpolation),
+                 ImagePipeline(resize=160, crop=(200, 180), mean=None, std=None, interpolation=interpolation),
+                 ImagePipeline(resize=None, crop=(64, 64), interpolation=interpolation)]
+    for width, height in sizes:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for pipeline in pipelines:
+            expected = image
+            if pipeline.resize is not None:
+                size = [pipeline.resize] if isinstance(pipeline.resize, int) else list(pipeline.resize)
+                expected = F.resize(expected, size, interpolation=InterpolationMode(interpolation), antialias=True)
+            if pipeline.crop is not None:
+                expected = F.center_crop(expected, list(pipeline.crop))
+            tensor = F.convert_image_dtype(F.pil_to_tensor(expected), torch.float32)
+            if pipeline.mean is not None:
+                tensor = F.normalize(tensor, list(pipeline.mean), list(pipeline.std))
+            got = pipeline.apply(image)
+            assert got.dtype == np.float32 and got.flags.c_contiguous, pipeline
+            assert got.shape == tuple(tensor.shape) and np.array_equal(got, tensor.numpy()), (width, height, pipeline)
+    # every 8-bit value through each ImageNet channel: the float operations alone, all 256 x 3 of them
+    ramp = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2))
+    expected = F.normalize(F.convert_image_dtype(F.pil_to_tensor(ramp), torch.float32), IMAGENET_MEAN, IMAGENET_STD)
+    assert np.array_equal(ImagePipeline(resize=None, crop=None).apply(ramp), expected.numpy())
+
+
+def test_torchvision_weights_transforms_are_the_pipeline_and_decoding_imports_no_torch(tmp_path: Path) -> None:
+    """`from_weights` reads a weights enum's ImageClassification; applying it equals calling that transform. A fresh
+    process that unpickles the pipeline and decodes a file (what a Ray decoding task does) imports no torch."""
+    import pickle
+
+    import torchvision
+
+    from ducho.preprocess.image import from_weights
+
+    folder = photos(tmp_path / "images", 3)
+    for weights in (torchvision.models.ResNet50_Weights.DEFAULT, torchvision.models.ViT_B_16_Weights.DEFAULT,
+                    torchvision.models.EfficientNet_B3_Weights.DEFAULT):
+        pipeline = from_weights(weights)
+        for path in sorted(folder.glob("*.jpg")):
+            image = Image.open(path).convert("RGB")
+            assert np.array_equal(pipeline.apply(image), weights.transforms()(image).numpy()), (weights, path)
+    blob = tmp_path / "pipeline.pkl"
+    blob.write_bytes(pickle.dumps(from_weights(torchvision.models.ResNet50_Weights.DEFAULT)))
+    code = ("import pickle, sys; loader = pickle.loads(open(sys.argv[1], 'rb').read()); array = loader(sys.argv[2]); "
+            "print(array.shape, sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(blob), str(folder / "p0.jpg")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(3, 224, 224) []"
+
+
 def test_reshape_and_preprocessing_override_and_do_not_leak(tmp_path: Path) -> None:
     from ducho.backends.torch_vision import TorchVision
     from ducho.config.schema import VisualModelSpec
@@ -212,7 +277,7 @@ def test_reshape_and_preprocessing_override_and_do_not_leak(tmp_path: Path) -> N
     resized = Image.open(image).convert("RGB").resize((40, 24), Image.Resampling.BILINEAR)
     minmax = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float() / 255
     assert zscore.loader(str(image)).shape == (3, 32, 32)
-    assert torch.allclose(small, minmax, atol=1e-6)
+    assert np.array_equal(small, minmax.numpy())
 
 
 def test_weights_file_user_callable_and_pickled_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,29 +80,35 @@ class _Payloads:
 
 @dataclass(frozen=True, slots=True)
 class _Packed:
-    """A worker's piece with its tensors of one shape stacked: one shared-memory transfer instead of one per record
-    (18 ms against 6 ms to receive 32 images of 3x224x224 here). `others` holds the rest (failures) by position."""
+    """A worker's piece with its tensors (or numpy arrays) of one shape stacked: one shared-memory transfer instead of
+    one per record (18 ms against 6 ms to receive 32 images of 3x224x224 here). `others` holds the rest (failures) by
+    position; `arrays`: the records were numpy arrays and are given back as such (views of the shared tensor)."""
 
     stacked: Any
     others: dict[int, Any]
+    arrays: bool = False
 
 
 def _pack(items: list[Any]) -> Any:
     """Runs in the worker, as the DataLoader's collate function."""
+    import numpy as np
     import torch
 
-    tensors = [item for item in items if isinstance(item, torch.Tensor)]
-    if len(tensors) < 2 or any(t.shape != tensors[0].shape or t.dtype != tensors[0].dtype for t in tensors):
+    kind = torch.Tensor if any(isinstance(item, torch.Tensor) for item in items) else np.ndarray
+    values = [item for item in items if isinstance(item, kind)]
+    if len(values) < 2 or any(v.shape != values[0].shape or v.dtype != values[0].dtype for v in values):
         return items
-    others = {n: item for n, item in enumerate(items) if not isinstance(item, torch.Tensor)}
-    return _Packed(torch.stack(tensors), others)
+    others = {n: item for n, item in enumerate(items) if not isinstance(item, kind)}
+    if kind is np.ndarray:
+        return _Packed(torch.from_numpy(np.stack(values)), others, arrays=True)
+    return _Packed(torch.stack(values), others)
 
 
 def _unpack(piece: Any) -> list[Any]:
     if not isinstance(piece, _Packed):
         return piece
-    tensors = iter(piece.stacked)
-    return [piece.others[n] if n in piece.others else next(tensors)
+    values = iter(piece.stacked.numpy() if piece.arrays else piece.stacked)
+    return [piece.others[n] if n in piece.others else next(values)
             for n in range(len(piece.stacked) + len(piece.others))]
 
 

@@ -200,8 +200,8 @@ class OnnxVision(OnnxModel):
     def sort_key(self, payload: Any) -> int:
         return 0
 
-    def prepare(self, items: Sequence[torch.Tensor]) -> np.ndarray:
-        return self.cast(self.input.name, torch.stack(list(items)).numpy())
+    def prepare(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        return self.cast(self.input.name, np.stack(items))
 
     def forward(self, batch: np.ndarray) -> dict[str, Sequence[np.ndarray]]:
         outputs = self.run({self.input.name: batch})

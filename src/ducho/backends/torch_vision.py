@@ -237,8 +237,8 @@ class TorchVision:
     def sort_key(self, payload: Any) -> int:
         return 0
 
-    def prepare(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(list(items))
+    def prepare(self, items: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(items))
 
     def forward(self, batch: torch.Tensor) -> dict[str, Sequence[np.ndarray]]:
         outputs = self.run_graph({PIXELS: batch})
