@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 
 from conftest import assert_batch_close
-from ducho.backends.audio_common import AudioLoader
 from ducho.backends.hf_audio import TransformersAudio
 from ducho.backends.torch_audio import TorchAudio, _Wav2Vec2
 from ducho.config.schema import AudioModelSpec
 from ducho.errors import ModelNotFoundError
+from ducho.media.audio import AudioLoader
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RATE = 16000
@@ -145,7 +145,7 @@ def test_hdemucs_random_weights_named_stage(tmp_path: Path) -> None:
                                 batch_size=1), "cpu")
     assert extractor.sample_rate == 44100 and extractor.channels == 2
     loaded = extractor.loader(path)
-    assert loaded.dim() == 1  # mono: true reads the mix, duplicated to stereo for the model
+    assert loaded.ndim == 1  # mono: true reads the mix, duplicated to stereo for the model
     out = extractor.forward(extractor.prepare([loaded]))["freq_encoder.3"][0]
     assert out.shape == (384 * 8,) and np.isfinite(out).all()
     assert "duplicated" in extractor.describe()["preprocessing"]["channels_note"]
@@ -211,7 +211,22 @@ def test_loader_is_picklable(clips: list[Path]) -> None:
 
     loader = pickle.loads(pickle.dumps(AudioLoader(8000, mono=True, offset=0.1, max_seconds=0.3)))
     wave = loader(clips[1])
-    assert wave.dtype == torch.float32 and wave.shape == (2400,)
+    assert wave.dtype == np.float32 and wave.shape == (2400,)
+
+
+def test_decoding_audio_in_a_fresh_process_imports_no_torch(clips: list[Path], tmp_path: Path) -> None:
+    """What a Ray decoding task does: unpickle the loader and decode; torch is imported only where the model runs."""
+    import pickle
+    import subprocess
+    import sys
+
+    blob = tmp_path / "loader.pkl"
+    blob.write_bytes(pickle.dumps(AudioLoader(8000, mono=True, max_seconds=0.3)))
+    code = ("import pickle, sys; loader = pickle.loads(open(sys.argv[1], 'rb').read()); wave = loader(sys.argv[2]); "
+            "print(wave.shape, wave.dtype, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(blob), str(clips[1])], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "(2400,) float32 False"
 
 
 # --- transformers -------------------------------------------------------------------------------------------------

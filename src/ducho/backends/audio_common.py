@@ -29,21 +29,9 @@ DEFAULT_POOLING = "mean"
 DUMMY_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class AudioLoader:
-    """Decodes one file in a worker process: a 1-D float32 tensor (mono), else (channels, samples)."""
-
-    sample_rate: int
-    mono: bool = True
-    offset: float = 0.0
-    max_seconds: float | None = None
-
-    def __call__(self, path: Any) -> torch.Tensor:
-        from ..media.audio import read_audio
-
-        wave = read_audio(path, sample_rate=self.sample_rate, mono=self.mono, offset=self.offset,
-                          max_seconds=self.max_seconds)
-        return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+def as_tensors(waves: Sequence[Any]) -> list[torch.Tensor]:
+    """The loader's arrays (`AudioLoader`, torch-free for decoding processes) as tensors sharing their memory."""
+    return [torch.from_numpy(wave) if isinstance(wave, np.ndarray) else wave for wave in waves]
 
 
 def audio_pooling(spec: AudioModelSpec) -> str:

@@ -30,9 +30,10 @@ import torch
 
 from ..config.schema import AudioModelSpec
 from ..errors import ConfigError, bad_value
+from ..media.audio import AudioLoader
 from ..model_store import locate
 from .audio_common import (
-    AudioLoader,
+    as_tensors,
     audio_pooling,
     channels_first_frames,
     dummy_wave,
@@ -150,7 +151,7 @@ class TransformersAudio:
         return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
 
     def prepare(self, waves: Sequence[torch.Tensor]) -> dict[str, Any]:
-        waves = [w if w.dim() == 1 else w.mean(dim=0) for w in waves]
+        waves = [w if w.dim() == 1 else w.mean(dim=0) for w in as_tensors(waves)]
         return {"windows": make_windows(waves, self.windowing, self._inputs), "records": len(waves)}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:

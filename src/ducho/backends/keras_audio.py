@@ -43,7 +43,8 @@ import torch
 
 from ..config.schema import AudioModelSpec
 from ..errors import ConfigError, ModelNotFoundError
-from .audio_common import AudioLoader, Window, Windowing, audio_pooling, dummy_wave, preprocessing, run_windows
+from ..media.audio import AudioLoader
+from .audio_common import Window, Windowing, as_tensors, audio_pooling, dummy_wave, preprocessing, run_windows
 from .base import Layer
 from .keras_common import file_sha256, import_keras, tf_device
 
@@ -270,7 +271,7 @@ class KerasAudio:
     def windows(self, waves: Sequence[torch.Tensor]) -> list[Window]:
         """Every 187-frame log-mel patch of every record (weight 1 each: pooling is over patches)."""
         out = []
-        for record, wave in enumerate(waves):
+        for record, wave in enumerate(as_tensors(waves)):
             mono = wave.float().numpy() if wave.dim() == 1 else wave.float().mean(dim=0).numpy()
             for position, patch in enumerate(patches(log_mel(mono), self.hop)):
                 out.append(Window(record, position, {"mel": torch.from_numpy(np.ascontiguousarray(patch)[None])},

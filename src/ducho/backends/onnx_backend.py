@@ -16,8 +16,16 @@ import torch
 from ..config.schema import AudioModelSpec, ModelSpec, TextModelSpec, VisualModelSpec
 from ..errors import ConfigError, ModelNotFoundError, bad_value, did_you_mean
 from ..hashing import file_sha256
+from ..media.audio import AudioLoader
 from ..preprocess.image import ImagePipeline, with_overrides
-from .audio_common import AudioLoader, audio_pooling, channels_first_frames, make_windows, run_windows, windowing
+from .audio_common import (
+    as_tensors,
+    audio_pooling,
+    channels_first_frames,
+    make_windows,
+    run_windows,
+    windowing,
+)
 from .audio_common import preprocessing as audio_preprocessing
 from .base import Layer, filled_rows
 from .pooling import pool, pool_spatial, to_numpy
@@ -353,8 +361,8 @@ class OnnxAudio(OnnxModel):
     def sort_key(self, payload: Any) -> int:
         return 0  # windows of one length, stacked across records
 
-    def prepare(self, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return list(items)
+    def prepare(self, items: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        return as_tensors(items)
 
     def _inputs(self, piece: torch.Tensor) -> dict[str, torch.Tensor]:
         wave = piece if piece.dim() == len(self.input.shape) - 1 else piece.unsqueeze(0)

@@ -31,10 +31,11 @@ import torch
 from ..config.schema import AudioModelSpec
 from ..device import forward_context
 from ..errors import ConfigError, ModelNotFoundError
+from ..media.audio import AudioLoader
 from .audio_common import (
-    AudioLoader,
     Window,
     Windowing,
+    as_tensors,
     audio_pooling,
     channels_first_frames,
     dummy_wave,
@@ -507,7 +508,7 @@ class TorchAudio:
         return wave
 
     def prepare(self, waves: Sequence[torch.Tensor]) -> dict[str, Any]:
-        fitted = [self._fit_channels(w.float()) for w in waves]
+        fitted = [self._fit_channels(w.float()) for w in as_tensors(waves)]
         return {"windows": self.model.windows(fitted, self.windowing), "records": len(fitted)}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Sequence[np.ndarray]]:

@@ -13,6 +13,7 @@ the header announces (MP3), beyond a 1% tolerance for frame counts that are esti
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,23 @@ def read_audio(
         wave = _read_with_soundfile(path, sample_rate, mono, offset, max_seconds)
     _check_signal(wave, silence_threshold)
     return wave
+
+
+@dataclass(frozen=True)
+class AudioLoader:
+    """Decodes one file in a worker process: a 1-D float32 array (mono), else (channels, samples). It needs no torch,
+    so a decoding process (a local worker, a Ray task) does not import it; `audio_common.as_tensors` turns the arrays
+    into tensors where the model runs."""
+
+    sample_rate: int
+    mono: bool = True
+    offset: float = 0.0
+    max_seconds: float | None = None
+
+    def __call__(self, path: Any) -> np.ndarray:
+        wave = read_audio(path, sample_rate=self.sample_rate, mono=self.mono, offset=self.offset,
+                          max_seconds=self.max_seconds)
+        return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 def split_windows(wave: Any, window: int, hop: int | None = None) -> list[Any]:
