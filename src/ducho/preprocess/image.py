@@ -44,10 +44,7 @@ class ImagePipeline:
         `pil_to_tensor`, `convert_image_dtype` and `normalize` (each an exactly rounded float32 operation)."""
         if self.resize is not None:  # on the PIL image, as torchvision's ImageClassification does
             height, width = _resized(image.height, image.width, self.resize)
-            if (height, width) != (image.height, image.width):
-                if self.interpolation not in PIL_FILTERS:
-                    raise ValueError(f"interpolation {self.interpolation!r} is not accepted; accepted: "
-                                     f"{', '.join(PIL_FILTERS)}")
+            if (height, width) != (image.height, image.width):  # `interpolation` comes from torchvision's weights
                 image = image.resize((width, height), PIL_FILTERS[self.interpolation])  # Pillow always antialiases
         pixels = np.asarray(image, dtype=np.uint8)
         if self.crop is not None:
